@@ -1,0 +1,1 @@
+"""TinySAM 2 video tracking for ROS 2."""
