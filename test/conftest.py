@@ -1,0 +1,43 @@
+"""Shared pytest fixtures: where the shared reference data lives, loaded once."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+EDGETAM_FIXTURE = SHARED_DIR / "fixtures" / "edgetam_reference"
+REFERENCE_DIR = SHARED_DIR / "reference"
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared reference data not found at {path} (clone with ../shared beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def edgetam_fixture_dir() -> Path:
+    return _require(EDGETAM_FIXTURE)
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return _require(REFERENCE_DIR)
+
+
+@pytest.fixture(scope="session")
+def edgetam_state_dict(edgetam_fixture_dir) -> dict[str, torch.Tensor]:
+    """The fixture's fp16 checkpoint upcast to float32 (the reference ran in float32)."""
+    sd = torch.load(edgetam_fixture_dir / "checkpoint_fp16.pt", map_location="cpu", weights_only=True)["model"]
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+@pytest.fixture(scope="session")
+def edgetam_reference_outputs(edgetam_fixture_dir):
+    import numpy as np
+
+    with np.load(edgetam_fixture_dir / "reference_outputs.npz") as data:
+        return {k: data[k] for k in data.files}
