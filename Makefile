@@ -1,0 +1,26 @@
+# make demo: set everything up in .venv and run the main job.
+# make test: set up if needed and run the test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tinysam2_setup
+FIXTURE ?= ../shared/fixtures/edgetam_reference
+
+.PHONY: setup demo test fidelity clean
+
+$(STAMP): requirements.txt tools/setup_env.sh CMakeLists.txt package.xml $(wildcard msg/*.msg srv/*.srv)
+	VENV=$(VENV) bash tools/setup_env.sh
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tinysam2 fidelity $(FIXTURE)
+
+fidelity: $(STAMP)
+	$(VENV)/bin/tinysam2 fidelity $(FIXTURE)
+
+test: $(STAMP)
+	$(PY) -m pytest -q test
+
+clean:
+	rm -rf build install log
