@@ -301,7 +301,7 @@ class Hiera(nn.Module):
         if h % wh or w % ww:
             raise ValueError(f"patch grid {h}x{w} is not a multiple of the {wh}x{ww} window position embedding")
         pos = F.interpolate(self.pos_embed, size=(h, w), mode="bicubic")
-        pos = pos + win.tile((1, 1, h // wh, w // ww))
+        pos = pos + win.repeat(1, 1, h // wh, w // ww)
         return pos.permute(0, 2, 3, 1)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:

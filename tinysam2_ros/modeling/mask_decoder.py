@@ -24,6 +24,11 @@ from .common import MLP, LayerNorm2d
 __all__ = ["MaskDecoder"]
 
 
+def _tracing() -> bool:
+    """True under torch.jit tracing / ONNX export (skip Python-side shape checks there)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 class MaskDecoder(nn.Module):
     def __init__(
         self,
@@ -173,11 +178,11 @@ class MaskDecoder(nn.Module):
         if repeat_image:
             src = torch.repeat_interleave(image_embeddings, b // image_embeddings.shape[0], dim=0)
         else:
-            if image_embeddings.shape[0] != b:
+            if not _tracing() and image_embeddings.shape[0] != b:
                 raise ValueError("image_embeddings batch must equal the prompt batch unless repeat_image")
             src = image_embeddings
         src = src + dense_prompt_embeddings
-        if image_pe.shape[0] != 1:
+        if not _tracing() and image_pe.shape[0] != 1:
             raise ValueError("image_pe must have batch size 1 (from PromptEncoder.get_dense_pe())")
         pos_src = image_pe.expand(b, -1, -1, -1)
         _, c, h, w = src.shape

@@ -64,8 +64,8 @@ class PositionEmbeddingRandom(nn.Module):
     def forward_with_coords(self, coords: torch.Tensor, image_size: Tuple[int, int]) -> torch.Tensor:
         """Encode ``B x N x 2`` pixel coordinates (x, y) of an image of ``image_size`` = (H, W)."""
         h, w = image_size
-        size_wh = torch.tensor([float(w), float(h)], dtype=torch.float32, device=coords.device)
-        unit = coords.to(torch.float32) / size_wh
+        coords = coords.to(torch.float32)
+        unit = torch.cat([coords[..., 0:1] / w, coords[..., 1:2] / h], dim=-1)
         return self._encode(unit.to(self.positional_encoding_gaussian_matrix.dtype))
 
 

@@ -1,0 +1,125 @@
+"""Model presets as plain data: every architecture knob of a SAM 2 family model.
+
+A preset is a nested dict of JSON-compatible values; ``build_model`` turns it
+into modules. Keep defaults here, not in constructors, so one glance shows what
+differs between EdgeTAM, SAM 2.1 and TinySAM 2.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+Preset = dict[str, Any]
+
+# SAM 2.1 Hiera trunk sizes (facebookresearch/sam2 configs/sam2.1/*.yaml).
+_HIERA = {
+    "t": {"embed_dim": 96, "num_heads": 1, "stages": [1, 2, 7, 2], "global_att_blocks": [5, 7, 9],
+          "window_pos_embed_bkg_spatial_size": [7, 7], "window_spec": [8, 4, 14, 7]},
+    "s": {"embed_dim": 96, "num_heads": 1, "stages": [1, 2, 11, 2], "global_att_blocks": [7, 10, 13],
+          "window_pos_embed_bkg_spatial_size": [7, 7], "window_spec": [8, 4, 14, 7]},
+    "b+": {"embed_dim": 112, "num_heads": 2, "stages": [2, 3, 16, 3], "global_att_blocks": [12, 16, 20],
+           "window_pos_embed_bkg_spatial_size": [14, 14], "window_spec": [8, 4, 14, 7]},
+    "l": {"embed_dim": 144, "num_heads": 2, "stages": [2, 6, 36, 4], "global_att_blocks": [23, 33, 43],
+          "window_pos_embed_bkg_spatial_size": [7, 7], "window_spec": [8, 4, 16, 8]},
+}
+
+# The tracking behaviour shared by the SAM 2 family (SAM2Base arguments).
+_SAM2_TRACKING = {
+    "num_maskmem": 7,
+    "max_obj_ptrs_in_encoder": 16,
+    "sigmoid_scale_for_mem_enc": 20.0,
+    "sigmoid_bias_for_mem_enc": -10.0,
+    "multimask_output_in_sam": True,
+    "multimask_output_for_tracking": True,
+    "multimask_min_pt_num": 0,
+    "multimask_max_pt_num": 1,
+    "use_multimask_token_for_obj_ptr": True,
+    "iou_prediction_use_sigmoid": True,
+    "pred_obj_scores": True,
+    "pred_obj_scores_mlp": True,
+    "fixed_no_obj_ptr": True,
+    "only_obj_ptrs_in_the_past_for_eval": True,
+}
+
+# Memory handling of the streaming tracker; "off" (no compression) everywhere but
+# in TinySAM 2, whose defaults are set by the tracker issue.
+_MEMORY_OFF = {"compression": "off"}
+
+
+def _sam21(size: str) -> Preset:
+    trunk = dict(_HIERA[size])
+    dims = [trunk["embed_dim"] * 2**i for i in range(4)]
+    return {
+        "image_size": 1024,
+        "hidden_dim": 256,
+        "mem_dim": 64,
+        "trunk": {"type": "hiera", **trunk},
+        "neck": {"backbone_channel_list": dims[::-1], "fpn_top_down_levels": [2, 3],
+                 "fpn_interp_model": "nearest", "fuse_type": "sum", "scalp": 1},
+        "memory_attention": {"num_layers": 4, "dim_feedforward": 2048, "rope_theta": 10000.0},
+        "spatial_perceiver": None,
+        "tracking": {**_SAM2_TRACKING, "add_tpos_enc_to_obj_ptrs": True, "proj_tpos_enc_in_obj_ptrs": True,
+                     "use_signed_tpos_enc_to_obj_ptrs": True, "no_obj_embed_spatial": True},
+        "memory": dict(_MEMORY_OFF),
+    }
+
+
+_REPVIT_M1 = {"type": "repvit", "embed_dims": [48, 96, 192, 384], "depths": [2, 2, 14, 2]}
+
+PRESETS: dict[str, Preset] = {
+    # EdgeTAM (facebookresearch/EdgeTAM, configs/edgetam.yaml): RepViT-M1, 2-layer
+    # memory attention, 2D spatial perceiver; SAM 2.0-style object pointers.
+    "edgetam": {
+        "image_size": 1024,
+        "hidden_dim": 256,
+        "mem_dim": 64,
+        "trunk": dict(_REPVIT_M1),
+        "neck": {"backbone_channel_list": [384, 192, 96, 48], "fpn_top_down_levels": [2, 3],
+                 "fpn_interp_model": "nearest", "fuse_type": "sum", "scalp": 1},
+        "memory_attention": {"num_layers": 2, "dim_feedforward": 2048, "rope_theta": 10000.0},
+        "spatial_perceiver": {"depth": 2, "num_latents": 256, "num_latents_2d": 256, "heads": 1,
+                              "dim_head": 64, "ff_mult": 4, "use_self_attn": True},
+        "tracking": {**_SAM2_TRACKING, "add_tpos_enc_to_obj_ptrs": False, "proj_tpos_enc_in_obj_ptrs": False,
+                     "use_signed_tpos_enc_to_obj_ptrs": False, "no_obj_embed_spatial": False},
+        "memory": dict(_MEMORY_OFF),
+    },
+    "sam2.1_hiera_t": _sam21("t"),
+    "sam2.1_hiera_s": _sam21("s"),
+    "sam2.1_hiera_b+": _sam21("b+"),
+    "sam2.1_hiera_l": _sam21("l"),
+}
+
+# TinySAM 2: the SAM 2.1 pipeline (memory attention, pointers, no-object embeddings)
+# with the RepViT-M1 image encoder; its small memory is configured under "memory".
+PRESETS["tinysam2"] = {
+    **copy.deepcopy(PRESETS["sam2.1_hiera_t"]),
+    "trunk": dict(_REPVIT_M1),
+    "neck": dict(PRESETS["edgetam"]["neck"]),
+}
+
+# A small model for fast tests and CPU training: same structure, 256 px input,
+# narrow trunk and heads.
+PRESETS["tiny"] = {
+    "image_size": 256,
+    "hidden_dim": 64,
+    "mem_dim": 32,
+    "trunk": {"type": "repvit", "embed_dims": [16, 32, 48, 64], "depths": [1, 1, 2, 1]},
+    "neck": {"backbone_channel_list": [64, 48, 32, 16], "fpn_top_down_levels": [2, 3],
+             "fpn_interp_model": "nearest", "fuse_type": "sum", "scalp": 1},
+    "memory_attention": {"num_layers": 1, "dim_feedforward": 256, "rope_theta": 10000.0},
+    "spatial_perceiver": None,
+    "tracking": {**_SAM2_TRACKING, "add_tpos_enc_to_obj_ptrs": True, "proj_tpos_enc_in_obj_ptrs": True,
+                 "use_signed_tpos_enc_to_obj_ptrs": True, "no_obj_embed_spatial": True},
+    "memory": dict(_MEMORY_OFF),
+}
+
+ALIASES = {"sam2.1_hiera_tiny": "sam2.1_hiera_t", "sam2.1_hiera_small": "sam2.1_hiera_s",
+           "sam2.1_hiera_base_plus": "sam2.1_hiera_b+", "sam2.1_hiera_large": "sam2.1_hiera_l"}
+
+
+def get_preset(name: str) -> Preset:
+    """A deep copy of the named preset (callers may edit it freely)."""
+    key = ALIASES.get(name, name)
+    if key not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    return copy.deepcopy(PRESETS[key])

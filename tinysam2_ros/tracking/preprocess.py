@@ -1,0 +1,30 @@
+"""Frame and prompt preprocessing shared by the tracker and the tools.
+
+SAM 2's video predictor resizes with PIL (bicubic) to a square input and
+normalises with ImageNet statistics; we do the same so outputs match it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def preprocess_rgb(image: np.ndarray, size: int) -> torch.Tensor:
+    """``H x W x 3`` uint8 RGB -> ``1 x 3 x size x size`` float32 model input."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {image.shape} dtype {image.dtype}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError("empty image")
+    resized = Image.fromarray(image).resize((size, size), Image.BICUBIC)
+    arr = (np.asarray(resized, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy()).unsqueeze(0)
+
+
+def scale_points(points_xy: np.ndarray, frame_hw: tuple[int, int], size: int) -> np.ndarray:
+    """Frame pixels -> model input pixels (the square ``size`` x ``size`` input)."""
+    h, w = frame_hw
+    return np.asarray(points_xy, dtype=np.float32) * np.array([size / w, size / h], dtype=np.float32)
