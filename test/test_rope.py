@@ -117,6 +117,7 @@ def test_relative_position_invariance():
         torch.testing.assert_close(scores(torch.tensor(off)), s0, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_onnx_export(tmp_path):
     ort = pytest.importorskip("onnxruntime")
 

@@ -36,7 +36,11 @@ trailing object-pointer tokens unrotated. In explicit form: per frame
 :meth:`SpatialPerceiver.forward` returns as its third output.
 
 Everything here is traceable for ONNX (opset 17): no complex numbers, no branching
-on tensor values (only on shapes / Python ints).
+on tensor values (only on shapes / Python ints). ``num_obj_ptr_tokens`` is a Python
+int and is baked into a traced graph; for a graph with a variable number of pointer
+tokens pass ``num_obj_ptr_tokens=0`` and give the pointer tokens position ``(0, 0)``
+in ``k_coords`` (identical result). Likewise, pass ``q_coords``/``k_coords`` as graph
+inputs rather than relying on the shape-derived defaults.
 """
 from __future__ import annotations
 

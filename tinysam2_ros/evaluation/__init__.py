@@ -1,0 +1,1 @@
+"""Video object segmentation evaluation: DAVIS-style J&F metrics and dataset I/O."""
