@@ -189,8 +189,9 @@ class MultiScaleBlock(nn.Module):
         self.q_stride = tuple(q_stride) if q_stride else None
         self.pool = None
         if self.q_stride is not None:
-            if window_size and any(window_size % s for s in self.q_stride):
-                raise ValueError(f"window_size={window_size} is not divisible by q_stride={self.q_stride}")
+            # Windows stay square after pooling, and the pooled windows must tile exactly.
+            if self.q_stride[0] != self.q_stride[1] or (window_size and window_size % self.q_stride[0]):
+                raise ValueError(f"q_stride={self.q_stride} must be square and divide window_size={window_size}")
             # Parameter-free; shared by the residual branch and the attention's queries.
             self.pool = nn.MaxPool2d(kernel_size=self.q_stride, stride=self.q_stride, ceil_mode=False)
 
@@ -214,8 +215,8 @@ class MultiScaleBlock(nn.Module):
         if ws > 0:
             if self.q_stride is not None:
                 # Each window shrank by the stride; so did the padded map.
-                sh, sw = self.q_stride
-                ws, hp, wp = ws // sh, hp // sh, wp // sw
+                s = self.q_stride[0]
+                ws, hp, wp = ws // s, hp // s, wp // s
             x = window_unpartition(x, ws, (hp, wp), (shortcut.shape[1], shortcut.shape[2]))
 
         x = shortcut + x

@@ -179,16 +179,16 @@ class Tracker:
         else:
             coords = torch.from_numpy(scale_points(prompt.points_xy, frame.hw, m.image_size))[None].to(self.device)
             labels = torch.from_numpy(prompt.labels)[None].to(self.device)
-            if previous is None:  # the prompt alone defines the object on this frame
+            # SAM 2: a frame not yet tracked for this object is decoded from the prompt
+            # alone; a tracked frame uses memory. Earlier logits on the frame are fed back.
+            is_init = t not in obj.recent
+            mask_in = None if previous is None else previous.low_res_logits[None].clamp(-32.0, 32.0)
+            if is_init:
                 pix = m.condition_without_memory(feats.pix_feat)
-                mask_in = None
-                multimask = m.use_multimask(True, prompt.num_points)
-            else:  # refining a frame already tracked: memory + the previous mask logits
-                obj.cond.pop(t, None)
+            else:
                 obj.recent.pop(t, None)
                 pix = self._condition([obj], feats, t)
-                mask_in = previous.low_res_logits[None].clamp(-32.0, 32.0)
-                multimask = m.use_multimask(False, prompt.num_points)
+            multimask = m.use_multimask(is_init, prompt.num_points)
             out = m.forward_heads(pix, feats.high_res, coords, labels, mask_in, multimask)
         entry = self._make_entries(feats, out, [t], is_mask_from_pts=True)[0]
         entry.prompt = prompt
