@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${VENV:-$ROOT/.venv}
+case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac  # colcon needs absolute prefixes
 PYTHON=${PYTHON:-python3}
 
 "$PYTHON" - <<'PY'

@@ -1,13 +1,20 @@
 """Streaming multi-object tracker: frames in one at a time, prompts at any moment.
 
-The image encoder runs once per frame; objects that share the same memory layout
-are decoded as one batch. With compression off the memory follows SAM 2's video
-predictor exactly (all prompted frames, the last ``num_maskmem - 1`` frames, up to
-16 object pointers, memory features stored in bfloat16), which is what
-``tinysam2 fidelity`` checks.
+The image encoder runs once per frame; objects whose memory has the same layout
+are decoded as one batch (memory attention, mask decoder, memory encoder). With
+``compression="off"`` the memory is SAM 2's video predictor exactly (every
+prompted frame, the last ``num_maskmem - 1`` frames, up to 16 object pointers,
+memory features stored in bfloat16), which ``tinysam2 fidelity`` checks. With
+``compression="tinysam2"`` frames enter memory by quality (``memory/quality.py``)
+and tokens are pooled and selected (``memory/compression.py``).
+
+Memory per object is bounded: prompted frames up to ``max_cond_frames``, memory
+slots, a ring of object pointers, and per-frame snapshots only inside the feature
+window kept for late prompts.
 """
 from __future__ import annotations
 
+import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
@@ -15,9 +22,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..modeling.sam2_model import NO_OBJ_SCORE, HeadOutput, ImageFeatures, SAM2Model
+from ..memory.compression import TokenLayout, pool_tokens, select_tokens
+from ..memory.config import MemoryConfig
+from ..memory.quality import frame_quality, mask_agreement, select_cond_frames, select_slots
+from ..modeling.rope import grid_coords
+from ..modeling.sam2_model import HeadOutput, ImageFeatures, SAM2Model
 from .preprocess import preprocess_rgb, scale_points
 from .prompts import Prompt, PromptError, make_prompt
+
+STATES = ("tracked", "occluded", "lost")
+STAGES = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")
 
 
 class TrackerError(RuntimeError):
@@ -26,24 +40,32 @@ class TrackerError(RuntimeError):
 
 @dataclass
 class TrackerConfig:
-    max_cond_frames: int = -1  # prompted frames fed to memory attention (-1: all, as SAM 2)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     video_length: int | None = None  # known length of an offline video (SAM 2 caps pointers by it)
     feature_window: int = 8  # recent frames whose encoder features are kept for late prompts
+    lost_after: int = 30  # frames absent before an occluded object is reported lost
+    stamp_tolerance: float = 0.05  # seconds: a prompt's stamp matches the nearest frame within this
+
+    def __post_init__(self) -> None:
+        if self.feature_window < 1:
+            raise ValueError("feature_window must be >= 1")
+        if self.lost_after < 1:
+            raise ValueError("lost_after must be >= 1")
 
 
 @dataclass
 class MemoryEntry:
-    """What one processed frame leaves in an object's memory."""
+    """What one processed frame leaves for an object."""
 
     frame_idx: int
-    features: torch.Tensor  # N x mem_dim, bfloat16 as SAM 2 stores it
-    pos: torch.Tensor  # N x mem_dim
-    coords: torch.Tensor | None  # N x 2 rope positions, None = default grid
+    features: torch.Tensor | None  # N x mem_dim bfloat16 (pooled when compressed); None when not in memory
     obj_ptr: torch.Tensor  # C
-    low_res_logits: torch.Tensor  # 1 x 4H x 4W (gated)
+    low_res_logits: torch.Tensor | None  # 1 x 4H x 4W gated logits; dropped outside the feature window
     object_score: float
     iou: float
     ious: torch.Tensor  # M, the decoder's IoU predictions for its candidate masks
+    quality: float = 1.0
+    absent_frames: int = 0  # consecutive frames without the object, this one included
     prompt: Prompt | None = None
 
 
@@ -51,33 +73,57 @@ class MemoryEntry:
 class ObjectTrack:
     obj_id: int
     label: str = ""
-    cond: dict[int, MemoryEntry] = field(default_factory=dict)
-    recent: "OrderedDict[int, MemoryEntry]" = field(default_factory=OrderedDict)
+    first_frame: int = 0
+    cond: dict[int, MemoryEntry] = field(default_factory=dict)  # prompted frames
+    entries: dict[int, MemoryEntry] = field(default_factory=dict)  # tracked frames still referenced
+    bank: tuple[int, ...] = ()  # tracked frames whose spatial memory is used
+    bank_at: "OrderedDict[int, tuple[int, ...]]" = field(default_factory=OrderedDict)  # bank after frame f
+    memory_tokens: int = 0  # spatial memory tokens fed to memory attention on the last frame
+    pointer_tokens: int = 0
 
     def entry(self, frame_idx: int) -> MemoryEntry | None:
-        return self.cond.get(frame_idx) or self.recent.get(frame_idx)
+        return self.cond.get(frame_idx) or self.entries.get(frame_idx)
+
+    def memory_bytes(self) -> int:
+        """Bytes of tensors this object holds (shared tensors counted once)."""
+        seen: dict[int, int] = {}
+        for e in list(self.cond.values()) + list(self.entries.values()):
+            for t in (e.features, e.obj_ptr, e.low_res_logits, e.ious):
+                if t is not None:
+                    seen[id(t)] = t.numel() * t.element_size()
+        return sum(seen.values())
 
 
 @dataclass
 class ObjectResult:
     obj_id: int
-    mask: np.ndarray  # H x W bool, at the frame's resolution
+    label: str
+    state: str  # tracked | occluded | lost
+    mask: np.ndarray  # H x W bool at the frame's resolution
     low_res_logits: torch.Tensor  # 1 x 4H x 4W
     iou: float
     object_score: float
     box_xyxy: tuple[int, int, int, int] | None
+    area: int
+    age: int  # frames since the object's first prompt
+    frames_since_seen: int
+    memory_tokens: int
+    memory_bytes: int
 
 
 @dataclass
 class FrameResult:
     frame_idx: int
+    stamp: float | None
     objects: dict[int, ObjectResult]
+    stage_ms: dict[str, float]
 
 
 @dataclass
 class _Frame:
     idx: int
     hw: tuple[int, int]
+    stamp: float | None
     feats: ImageFeatures
 
 
@@ -87,33 +133,63 @@ class Tracker:
     def __init__(self, model: SAM2Model, config: TrackerConfig | None = None, device: str | torch.device = "cpu"):
         self.model = model.eval()
         self.config = config or TrackerConfig()
+        self.config.memory.validate()
         self.device = torch.device(device)
         self.objects: dict[int, ObjectTrack] = {}
         self.frame_idx = -1
+        self.stage_ms: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self._frames: OrderedDict[int, _Frame] = OrderedDict()
-        self._pending: list[tuple[int, int, Prompt]] = []  # (obj_id, frame_idx, prompt)
+        self._pending: list[tuple[int, int, Prompt, str]] = []  # (obj_id, frame_idx, prompt, label)
+        self._layout, self._mem_pos, self._mem_coords = self._memory_layout()
 
     # ------------------------------------------------------------------ public API
-    def add_prompt(self, obj_id: int, box=None, points=None, labels=None, mask=None, frame: int | None = None) -> None:
-        """Queue a prompt for ``obj_id`` on ``frame`` (default: the next frame to arrive).
+    @property
+    def memory(self) -> MemoryConfig:
+        return self.config.memory
 
-        A frame already processed but still in the feature window is re-decoded
-        with the prompt at the next ``step`` and the object propagated forward.
+    def frame_for_stamp(self, stamp: float) -> int:
+        """The frame a prompt stamped ``stamp`` refers to (the next one if newer than all)."""
+        if not self._frames or stamp > max(f.stamp or -np.inf for f in self._frames.values()) + self.config.stamp_tolerance:
+            return self.frame_idx + 1
+        best = min(self._frames.values(), key=lambda f: abs((f.stamp if f.stamp is not None else -np.inf) - stamp))
+        if best.stamp is None or abs(best.stamp - stamp) > self.config.stamp_tolerance:
+            oldest = next(iter(self._frames.values())).stamp
+            raise TrackerError(
+                f"no frame with stamp {stamp:.3f} in the feature window (it holds stamps from "
+                f"{oldest:.3f}; feature_window={self.config.feature_window} frames)"
+            )
+        return best.idx
+
+    def add_prompt(
+        self, obj_id: int, box=None, points=None, labels=None, mask=None,
+        frame: int | None = None, stamp: float | None = None, label: str = "",
+    ) -> int:
+        """Queue a prompt for ``obj_id``; returns the frame it applies to.
+
+        ``frame`` or ``stamp`` name the frame the prompt was made on (default: the
+        next frame). A past frame still in the feature window is re-decoded with the
+        prompt at the next ``step`` and the object propagated forward to the present.
         """
-        target = self.frame_idx + 1 if frame is None else int(frame)
+        if obj_id <= 0:
+            raise TrackerError(f"object ids are positive integers, got {obj_id}")
+        target = self.frame_for_stamp(stamp) if stamp is not None and frame is None else (
+            self.frame_idx + 1 if frame is None else int(frame))
         if target > self.frame_idx + 1:
             raise TrackerError(f"prompt for frame {target} is in the future (next frame is {self.frame_idx + 1})")
         hw = None
         if target <= self.frame_idx:
             if target not in self._frames:
-                oldest = min(self._frames) if self._frames else self.frame_idx + 1
+                oldest = next(iter(self._frames)) if self._frames else self.frame_idx + 1
                 raise TrackerError(
-                    f"prompt for frame {target} is older than the feature window "
-                    f"(frames {oldest}..{self.frame_idx} are kept; feature_window={self.config.feature_window})"
+                    f"prompt for frame {target} is older than the feature window (frames {oldest}..{self.frame_idx} "
+                    f"are kept; feature_window={self.config.feature_window})"
                 )
             hw = self._frames[target].hw
+        elif self._frames:
+            hw = next(reversed(self._frames.values())).hw  # validate against the stream's size
         prompt = make_prompt(box=box, points=points, labels=labels, mask=mask, frame_hw=hw)
-        self._pending.append((int(obj_id), target, prompt))
+        self._pending.append((int(obj_id), target, prompt, label))
+        return target
 
     def remove(self, obj_id: int) -> None:
         if obj_id not in self.objects and not any(p[0] == obj_id for p in self._pending):
@@ -127,37 +203,51 @@ class Tracker:
         self._pending.clear()
         self.frame_idx = -1
 
+    @property
+    def object_ids(self) -> list[int]:
+        return sorted(set(self.objects) | {p[0] for p in self._pending})
+
     @torch.inference_mode()
-    def step(self, image_rgb: np.ndarray) -> FrameResult:
-        """Process the next frame; returns masks for every tracked object."""
+    def step(self, image_rgb: np.ndarray, stamp: float | None = None) -> FrameResult:
+        """Process the next frame; returns masks and states for every tracked object."""
+        self.stage_ms = dict.fromkeys(STAGES, 0.0)
         t = self.frame_idx + 1
         images = preprocess_rgb(image_rgb, self.model.image_size).to(self.device)
-        frame = _Frame(t, tuple(image_rgb.shape[:2]), self.model.encode_image(images))
+        with self._timed("image_encoder"):
+            frame = _Frame(t, tuple(image_rgb.shape[:2]), stamp, self.model.encode_image(images))
         late = [p for p in self._pending if p[1] < t]
         now = [p for p in self._pending if p[1] == t]
         self._pending = []
         self._apply_late_prompts(late)
         self.frame_idx = t
         self._frames[t] = frame
-        while len(self._frames) > max(self.config.feature_window, 1):
+        while len(self._frames) > self.config.feature_window:
             self._frames.popitem(last=False)
         prompted = self._apply_prompts(frame, now)
-        to_track = [o for oid, o in self.objects.items() if oid not in prompted and (o.cond or o.recent)]
-        self._track(frame, to_track)
+        self._track(frame, [o for oid, o in self.objects.items() if oid not in prompted])
+        for obj in self.objects.values():
+            self._collect(obj, t)
         return self._results(frame)
 
     # ------------------------------------------------------------------ prompts
-    def _apply_prompts(self, frame: _Frame, prompts: list[tuple[int, int, Prompt]]) -> set[int]:
+    def _apply_prompts(self, frame: _Frame, prompts) -> set[int]:
         by_obj: dict[int, list[Prompt]] = defaultdict(list)
-        for obj_id, _, prompt in prompts:
+        labels: dict[int, str] = {}
+        for obj_id, _, prompt, label in prompts:
             by_obj[obj_id].append(prompt)
+            if label:
+                labels[obj_id] = label
         for obj_id, plist in by_obj.items():
-            obj = self.objects.setdefault(obj_id, ObjectTrack(obj_id))
+            obj = self.objects.get(obj_id)
+            if obj is None:
+                obj = self.objects[obj_id] = ObjectTrack(obj_id, first_frame=frame.idx)
+            obj.label = labels.get(obj_id, obj.label)
             self._prompt_object(frame, obj, plist)
         return set(by_obj)
 
-    def _merge_prompts(self, prompts: list[Prompt]) -> Prompt:
-        """Clicks on one frame accumulate (as in SAM 2); a mask or box restarts them."""
+    @staticmethod
+    def _merge_prompts(prompts: list[Prompt]) -> Prompt:
+        """Clicks on one frame accumulate (as in SAM 2's demo); a mask or box restarts them."""
         merged: Prompt | None = None
         for p in prompts:
             if p.mask is not None or merged is None or merged.mask is not None or 2 in p.labels:
@@ -174,27 +264,33 @@ class Tracker:
             prompts = [previous.prompt] + prompts
         prompt = self._merge_prompts(prompts)
         feats = frame.feats
-        if prompt.mask is not None:
-            out = self._mask_as_output(feats, prompt.mask)
-        else:
-            coords = torch.from_numpy(scale_points(prompt.points_xy, frame.hw, m.image_size))[None].to(self.device)
-            labels = torch.from_numpy(prompt.labels)[None].to(self.device)
-            # SAM 2: a frame not yet tracked for this object is decoded from the prompt
-            # alone; a tracked frame uses memory. Earlier logits on the frame are fed back.
-            is_init = t not in obj.recent
-            mask_in = None if previous is None else previous.low_res_logits[None].clamp(-32.0, 32.0)
-            if is_init:
-                pix = m.condition_without_memory(feats.pix_feat)
+        with self._timed("mask_decoder"):
+            if prompt.mask is not None:
+                out = self._mask_as_output(feats, prompt.mask)
             else:
-                obj.recent.pop(t, None)
-                pix = self._condition([obj], feats, t)
-            multimask = m.use_multimask(is_init, prompt.num_points)
-            out = m.forward_heads(pix, feats.high_res, coords, labels, mask_in, multimask)
-        entry = self._make_entries(feats, out, [t], is_mask_from_pts=True)[0]
+                coords = torch.from_numpy(scale_points(prompt.points_xy, frame.hw, m.image_size))[None].to(self.device)
+                labels = torch.from_numpy(prompt.labels)[None].to(self.device)
+                # SAM 2: a prompted frame is decoded from the prompt alone (no memory);
+                # logits of an earlier prompt on the same frame are fed back with it.
+                # (A prompt on an already tracked frame arrives here after the object
+                # was rolled back to before that frame, see _apply_late_prompts.)
+                mask_in = None
+                if previous is not None and previous.low_res_logits is not None:
+                    mask_in = previous.low_res_logits[None].clamp(-32.0, 32.0)
+                pix = m.condition_without_memory(feats.pix_feat)
+                out = m.forward_heads(pix, feats.high_res, coords, labels, mask_in, m.use_multimask(True, prompt.num_points))
+        entry = self._make_entries(feats, out, [t], [obj], is_mask_from_pts=True)[0]
         entry.prompt = prompt
-        obj.recent.pop(t, None)
+        entry.absent_frames = 0 if entry.object_score > 0 else self._absent_before(obj, t) + 1
+        self._drop_tracked(obj, t)
         obj.cond[t] = entry
-        self._prune_cond(obj, t)
+        keep = set(select_cond_frames(list(obj.cond), self.memory.max_cond_frames))
+        obj.cond = {f: e for f, e in obj.cond.items() if f in keep}
+        obj.bank_at[t] = obj.bank
+
+    def _drop_tracked(self, obj: ObjectTrack, t: int) -> None:
+        obj.entries.pop(t, None)
+        obj.bank = tuple(f for f in obj.bank if f != t)
 
     def _mask_as_output(self, feats: ImageFeatures, mask: np.ndarray) -> HeadOutput:
         """SAM 2's mask prompt: the mask itself is the output; the decoder gives the pointer."""
@@ -212,46 +308,57 @@ class Tracker:
         ious = torch.ones(1, 1, device=self.device)
         return HeadOutput(low_res, ious, low_res, high_res, obj_ptr, score, ious[:, 0])
 
-    def _prune_cond(self, obj: ObjectTrack, t: int) -> None:
-        """Keep the pointer/memory history bounded (SAM 2 never looks further back)."""
-        horizon = max(self.model.num_maskmem - 1, self.model.max_obj_ptrs_in_encoder - 1)
-        for f in [f for f in obj.recent if f < t - horizon]:
-            del obj.recent[f]
-
-    def _apply_late_prompts(self, late: list[tuple[int, int, Prompt]]) -> None:
+    def _apply_late_prompts(self, late) -> None:
         """Apply prompts stamped on past frames, then re-propagate those objects to now."""
         if not late:
             return
         start: dict[int, int] = {}
-        for obj_id, f, _ in late:
+        for obj_id, f, _, _ in late:
             start[obj_id] = min(start.get(obj_id, f), f)
         for obj_id, s in start.items():
             if s not in self._frames:
                 raise TrackerError(f"frame {s} left the feature window before its prompt could be applied")
-            obj = self.objects.setdefault(obj_id, ObjectTrack(obj_id))
-            # forget what was inferred from frame s on: it is recomputed with the prompt
-            for f in [f for f in obj.recent if f >= s]:
-                del obj.recent[f]
-            for f in [f for f in obj.cond if f > s]:
-                del obj.cond[f]
+            obj = self.objects.get(obj_id) or self.objects.setdefault(obj_id, ObjectTrack(obj_id, first_frame=s))
+            obj.first_frame = min(obj.first_frame, s)
+            # roll the object back to just before frame s; prompts made after s are re-applied
+            replay = defaultdict(list, {f: [e.prompt] for f, e in obj.cond.items() if f > s and e.prompt is not None})
+            for late_id, f, p, label in late:
+                if late_id == obj_id:
+                    replay[f].append(p)
+                    obj.label = label or obj.label
+            obj.cond = {f: e for f, e in obj.cond.items() if f <= s}
+            obj.entries = {f: e for f, e in obj.entries.items() if f < s}
+            obj.bank = obj.bank_at.get(s - 1, ())
+            obj.bank_at = OrderedDict((f, b) for f, b in obj.bank_at.items() if f < s)
             for f in range(s, self.frame_idx + 1):
                 frame = self._frames[f]
-                plist = [p for p in late if p[0] == obj_id and p[1] == f]
-                if plist:
-                    self._prompt_object(frame, obj, [p[2] for p in plist])
-                elif obj.cond or obj.recent:
+                if f in replay:
+                    self._prompt_object(frame, obj, replay[f])
+                else:
                     self._track(frame, [obj])
+                self._collect(obj, f)
 
-    # ------------------------------------------------------------------ tracking
+    # ------------------------------------------------------------------ memory read
+    def _memory_layout(self) -> tuple[TokenLayout, torch.Tensor | None, torch.Tensor]:
+        """Token layout of one memory frame after pooling, its rope coords (N x 2)."""
+        m = self.model
+        sp = m.spatial_perceiver
+        if sp is not None:
+            side = int(round(sp.num_latents_2d ** 0.5))
+            layout = TokenLayout(sp.num_latents, side, side)
+            coords = torch.cat([torch.zeros(sp.num_latents, 2), grid_coords(side, side)])
+        else:
+            layout = TokenLayout(0, m.feat_size, m.feat_size)
+            coords = grid_coords(m.feat_size, m.feat_size)
+        return layout, None, coords.to(self.device)
+
     def _memory_frames(self, obj: ObjectTrack, t: int) -> list[tuple[int, MemoryEntry]]:
-        """(t_rel, entry) pairs SAM 2 attends to at frame t: prompted frames (t_rel 0) + last frames."""
-        cond = {f: e for f, e in obj.cond.items() if f != t}
-        selected, unselected = _select_closest_cond_frames(t, cond, self.config.max_cond_frames)
-        frames = [(0, e) for _, e in sorted(selected.items())]
-        for t_rel in range(self.model.num_maskmem - 1, 0, -1):
-            e = obj.recent.get(t - t_rel) or unselected.get(t - t_rel)
-            if e is not None:
-                frames.append((t_rel, e))
+        """(t_rel, entry) of the frames attended to at t: prompted (t_rel 0), then the bank, oldest first."""
+        frames = [(0, e) for f, e in sorted(obj.cond.items()) if f != t]  # SAM 2 order: prompted, then oldest
+        max_rel = self.model.num_maskmem - 1
+        for f in sorted(obj.bank):
+            if f < t and obj.entries.get(f) is not None and obj.entries[f].features is not None:
+                frames.append((min(t - f, max_rel), obj.entries[f]))
         return frames
 
     def _pointers(self, obj: ObjectTrack, t: int) -> tuple[list[int], list[torch.Tensor], int]:
@@ -259,11 +366,9 @@ class Tracker:
         max_ptrs = m.max_obj_ptrs_in_encoder
         if self.config.video_length is not None:
             max_ptrs = min(self.config.video_length, max_ptrs)
-        cond = {f: e for f, e in obj.cond.items() if f != t}
-        selected, unselected = _select_closest_cond_frames(t, cond, self.config.max_cond_frames)
         offsets, ptrs = [], []
-        for f, e in sorted(selected.items()):
-            if m.only_obj_ptrs_in_the_past_for_eval and f > t:
+        for f, e in sorted(obj.cond.items()):
+            if f == t or (m.only_obj_ptrs_in_the_past_for_eval and f > t):
                 continue
             offsets.append(t - f if m.use_signed_tpos_enc_to_obj_ptrs else abs(t - f))
             ptrs.append(e.obj_ptr)
@@ -271,78 +376,97 @@ class Tracker:
             f = t - t_diff
             if f < 0:
                 break
-            e = obj.recent.get(f) or unselected.get(f)
+            e = obj.entries.get(f)
             if e is not None:
                 offsets.append(t_diff)
                 ptrs.append(e.obj_ptr)
         return offsets, ptrs, max_ptrs
 
-    def _memory_signature(self, obj: ObjectTrack, t: int) -> tuple:
+    def _signature(self, obj: ObjectTrack, t: int) -> tuple:
         frames = self._memory_frames(obj, t)
         offsets, _, _ = self._pointers(obj, t)
-        return tuple((r, e.features.shape[0]) for r, e in frames), tuple(offsets)
+        return tuple(r if not self.memory.compressed else 0 for r, _ in frames), tuple(offsets)
 
     def _condition(self, objs: list[ObjectTrack], feats: ImageFeatures, t: int) -> torch.Tensor:
-        """Memory attention for objects with identical memory layout, as one batch."""
+        """Memory attention for objects with the same memory layout, as one batch."""
         m = self.model
-        mem, mem_pos = [], []
-        per_obj_frames = [self._memory_frames(o, t) for o in objs]
-        coords = None
-        coord_parts = []
-        for frames in zip(*per_obj_frames):
-            t_rel = frames[0][0]
-            mem.append(torch.stack([e.features for _, e in frames]).float())
-            mem_pos.append(torch.stack([e.pos for _, e in frames]) + m.memory_tpos(t_rel if t_rel > 0 else m.num_maskmem))
-            coord_parts.append(frames[0][1].coords)
-        if coord_parts and all(c is not None for c in coord_parts):
-            coords = torch.cat(coord_parts, dim=0)
-        pointer_info = [self._pointers(o, t) for o in objs]
-        offsets, _, max_ptrs = pointer_info[0]
+        per_obj = [self._memory_frames(o, t) for o in objs]
+        t_rels = torch.tensor([[r if r > 0 else m.num_maskmem for r, _ in frames] for frames in per_obj])
+        feats_bt = torch.stack([torch.stack([e.features for _, e in frames]) for frames in per_obj]).float()
+        pos_bt = self._mem_pos[None, None] + m.maskmem_tpos_enc[t_rels - 1].view(len(objs), -1, 1, m.mem_dim)
+        n_frames = feats_bt.shape[1]
+        coords_t = self._mem_coords[None].expand(n_frames, -1, -1)
+        budget = self.memory.token_budget if self.memory.compressed else 0
+        mem, mem_pos, coords = select_tokens(feats_bt, pos_bt, coords_t, budget, self.memory.similarity)
+        spatial_tokens = mem.shape[1]
+        offsets, _, max_ptrs = self._pointers(objs[0], t)
         num_ptr_tokens = 0
         if offsets:
-            ptrs = torch.stack([torch.stack(p) for _, p, _ in pointer_info])  # B x P x C
+            ptrs = torch.stack([torch.stack(self._pointers(o, t)[1]) for o in objs])  # B x P x C
             tok, tok_pos = m.object_pointer_tokens(ptrs, torch.tensor(offsets, device=self.device), max_ptrs)
-            mem.append(tok)
-            mem_pos.append(tok_pos)
+            mem = torch.cat([mem, tok], dim=1)
+            mem_pos = torch.cat([mem_pos, tok_pos], dim=1)
             num_ptr_tokens = tok.shape[1]
-        b = len(objs)
-        feats_b = feats.select(b)
-        return m.condition_on_memory(
-            feats_b.pix_feat,
-            feats_b.pix_pos,
-            torch.cat(mem, dim=1),
-            torch.cat(mem_pos, dim=1),
-            num_ptr_tokens,
-            memory_coords=coords,
-        )
+        for o in objs:
+            o.memory_tokens, o.pointer_tokens = spatial_tokens, num_ptr_tokens
+        fb = feats.select(len(objs))
+        with self._timed("memory_attention"):
+            return m.condition_on_memory(fb.pix_feat, fb.pix_pos, mem, mem_pos, num_ptr_tokens, memory_coords=coords)
 
+    # ------------------------------------------------------------------ tracking
     def _track(self, frame: _Frame, objs: list[ObjectTrack]) -> None:
         """Decode every object from memory, batching objects with the same memory layout."""
         t = frame.idx
         groups: dict[tuple, list[ObjectTrack]] = defaultdict(list)
         for o in objs:
-            if not self._memory_frames(o, t):
-                continue  # nothing to track from
-            groups[self._memory_signature(o, t)].append(o)
+            if self._memory_frames(o, t):
+                groups[self._signature(o, t)].append(o)
         m = self.model
         for group in groups.values():
-            feats_b = frame.feats.select(len(group))
+            fb = frame.feats.select(len(group))
             pix = self._condition(group, frame.feats, t)
-            out = m.forward_heads(pix, feats_b.high_res, multimask_output=m.use_multimask(False, 0))
-            entries = self._make_entries(frame.feats, out, [t] * len(group), is_mask_from_pts=False)
+            with self._timed("mask_decoder"):
+                out = m.forward_heads(pix, fb.high_res, multimask_output=m.use_multimask(False, 0))
+            entries = self._make_entries(frame.feats, out, [t] * len(group), group, is_mask_from_pts=False)
             for o, e in zip(group, entries):
-                o.recent[t] = e
-                self._prune_cond(o, t)
+                self._write(o, e, t)
 
-    def _make_entries(self, feats: ImageFeatures, out: HeadOutput, frames: list[int], is_mask_from_pts: bool):
+    def _write(self, obj: ObjectTrack, e: MemoryEntry, t: int) -> None:
+        """Store a tracked frame and decide whether it takes a memory slot."""
+        prev = obj.entry(t - 1)
+        e.absent_frames = 0 if e.object_score > 0 else (prev.absent_frames if prev else 0) + 1
+        agreement = mask_agreement(e.low_res_logits, prev.low_res_logits if prev and prev.low_res_logits is not None else None)
+        e.quality = frame_quality(e.object_score, e.iou, agreement)
+        obj.entries[t] = e
+        mem = self.memory
+        if not mem.compressed:
+            window = self.model.num_maskmem - 1
+            obj.bank = tuple(f for f in (*obj.bank, t) if f > t - window)
+        else:
+            candidates = {f: obj.entries[f].quality for f in obj.bank}
+            if e.quality >= mem.write_threshold:
+                candidates[t] = e.quality
+            obj.bank = tuple(select_slots(candidates, t, mem.num_slots, mem.keep_recent, mem.recency_half_life))
+        obj.bank_at[t] = obj.bank
+
+    def _absent_before(self, obj: ObjectTrack, t: int) -> int:
+        prev = obj.entry(t - 1)
+        return prev.absent_frames if prev else 0
+
+    def _make_entries(self, feats, out: HeadOutput, frames, objs, is_mask_from_pts: bool) -> list[MemoryEntry]:
         b = out.high_res_masks.shape[0]
-        mem = self.model.encode_memory(feats.select(b).pix_feat, out.high_res_masks, out.object_score_logits, is_mask_from_pts)
+        with self._timed("memory_encoder"):
+            mem = self.model.encode_memory(feats.select(b).pix_feat, out.high_res_masks, out.object_score_logits, is_mask_from_pts)
+            coords = mem.coords if mem.coords is not None else grid_coords(self.model.feat_size, self.model.feat_size)
+            full_layout = self._full_layout()
+            tokens, pos, _, _ = pool_tokens(mem.features, mem.pos, coords.to(self.device), full_layout,
+                                            self.memory.pool_factor if self.memory.compressed else 1)
+        if self._mem_pos is None or self._mem_pos.shape[0] != tokens.shape[1]:
+            self._refresh_layout(mem, coords)
         return [
             MemoryEntry(
                 frame_idx=f,
-                features=mem.features[i].to(torch.bfloat16),
-                pos=mem.pos[i],
-                coords=mem.coords,
+                features=tokens[i].to(torch.bfloat16),
                 obj_ptr=out.obj_ptr[i],
                 low_res_logits=out.low_res_masks[i],
                 object_score=float(out.object_score_logits[i, 0]),
@@ -352,18 +476,85 @@ class Tracker:
             for i, f in enumerate(frames)
         ]
 
+    def _full_layout(self) -> TokenLayout:
+        m = self.model
+        sp = m.spatial_perceiver
+        if sp is not None:
+            side = int(round(sp.num_latents_2d ** 0.5))
+            return TokenLayout(sp.num_latents, side, side)
+        return TokenLayout(0, m.feat_size, m.feat_size)
+
+    def _refresh_layout(self, mem, coords: torch.Tensor) -> None:
+        """Memory position encodings depend only on the layout: compute them once."""
+        factor = self.memory.pool_factor if self.memory.compressed else 1
+        _, pos, pooled_coords, layout = pool_tokens(mem.features[:1], mem.pos[:1], coords.to(self.device),
+                                                    self._full_layout(), factor)
+        self._layout, self._mem_pos, self._mem_coords = layout, pos[0], pooled_coords
+
+    def _collect(self, obj: ObjectTrack, t: int) -> None:
+        """Forget what no future frame or late prompt can use (keeps memory bounded)."""
+        window_start = t - self.config.feature_window + 1
+        for f in [f for f in obj.bank_at if f < window_start - 1]:
+            del obj.bank_at[f]
+        with_features = set(obj.bank).union(*obj.bank_at.values()) if obj.bank_at else set(obj.bank)
+        ptr_start = t - (self.model.max_obj_ptrs_in_encoder - 1)
+        for f in list(obj.entries):
+            e = obj.entries[f]
+            if f not in with_features and f < ptr_start and f < window_start:
+                del obj.entries[f]
+                continue
+            if f not in with_features and f < window_start:
+                e.features = None
+            if f < window_start:
+                e.low_res_logits = None
+        for f, e in obj.cond.items():
+            if f < window_start:
+                e.low_res_logits = None
+
     # ------------------------------------------------------------------ outputs
+    def _state(self, e: MemoryEntry) -> str:
+        if e.object_score > 0:
+            return "tracked"
+        return "lost" if e.absent_frames >= self.config.lost_after else "occluded"
+
     def _results(self, frame: _Frame) -> FrameResult:
         objects = {}
         h, w = frame.hw
         for obj_id, obj in self.objects.items():
             e = obj.entry(frame.idx)
-            if e is None:
+            if e is None or e.low_res_logits is None:
                 continue
             logits = F.interpolate(e.low_res_logits[None].float(), size=(h, w), mode="bilinear", align_corners=False)
             mask = (logits[0, 0] > 0).cpu().numpy()
-            objects[obj_id] = ObjectResult(obj_id, mask, e.low_res_logits, e.iou, e.object_score, mask_box(mask))
-        return FrameResult(frame.idx, objects)
+            objects[obj_id] = ObjectResult(
+                obj_id=obj_id,
+                label=obj.label,
+                state=self._state(e),
+                mask=mask,
+                low_res_logits=e.low_res_logits,
+                iou=e.iou,
+                object_score=e.object_score,
+                box_xyxy=mask_box(mask),
+                area=int(mask.sum()),
+                age=frame.idx - obj.first_frame,
+                frames_since_seen=e.absent_frames,
+                memory_tokens=obj.memory_tokens,
+                memory_bytes=obj.memory_bytes(),
+            )
+        return FrameResult(frame.idx, frame.stamp, objects, dict(self.stage_ms))
+
+    class _Timer:
+        def __init__(self, tracker: "Tracker", stage: str):
+            self.tracker, self.stage = tracker, stage
+
+        def __enter__(self):
+            self.start = time.perf_counter()
+
+        def __exit__(self, *exc):
+            self.tracker.stage_ms[self.stage] += (time.perf_counter() - self.start) * 1e3
+
+    def _timed(self, stage: str) -> "_Timer":
+        return Tracker._Timer(self, stage)
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -375,21 +566,4 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
-def _select_closest_cond_frames(t: int, cond: dict[int, MemoryEntry], max_num: int):
-    """SAM 2's choice of prompted frames: the closest before and after t, then nearest others."""
-    if max_num < 0 or len(cond) <= max_num:
-        return dict(cond), {}
-    selected = {}
-    before = max((f for f in cond if f < t), default=None)
-    if before is not None:
-        selected[before] = cond[before]
-    after = min((f for f in cond if f >= t), default=None)
-    if after is not None:
-        selected[after] = cond[after]
-    rest = sorted((f for f in cond if f not in selected), key=lambda f: abs(f - t))
-    for f in rest[: max(max_num - len(selected), 0)]:
-        selected[f] = cond[f]
-    return selected, {f: e for f, e in cond.items() if f not in selected}
-
-
-__all__ = ["Tracker", "TrackerConfig", "TrackerError", "PromptError", "FrameResult", "ObjectResult", "NO_OBJ_SCORE"]
+__all__ = ["Tracker", "TrackerConfig", "TrackerError", "PromptError", "FrameResult", "ObjectResult", "STATES", "STAGES"]
