@@ -19,6 +19,43 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _memory_overrides(args: argparse.Namespace) -> dict:
+    keys = ("compression", "pool_factor", "token_budget", "similarity", "write_threshold", "num_slots",
+            "max_cond_frames", "keep_recent")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def _add_memory_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("memory (defaults from the preset)")
+    g.add_argument("--memory", dest="compression", choices=["off", "tinysam2"],
+                   help="'off' = SAM 2's memory, 'tinysam2' = quality-managed, compressed memory")
+    g.add_argument("--pool-factor", type=int, help="average-pooling factor of memory token grids")
+    g.add_argument("--token-budget", type=int, help="spatial memory tokens per object (0 = no limit)")
+    g.add_argument("--similarity", choices=["redundancy", "recency"], help="token selection rule")
+    g.add_argument("--write-threshold", type=float, help="minimum frame quality to enter memory")
+    g.add_argument("--num-slots", type=int, help="non-prompted memory frames per object")
+    g.add_argument("--max-cond-frames", type=int, help="prompted frames kept per object")
+    g.add_argument("--keep-recent", type=int, help="newest frames kept regardless of quality")
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation.run_eval import run_eval, write_json
+
+    try:
+        out = run_eval(
+            args.data_root, preset=args.preset, checkpoint=args.checkpoint, memory_overrides=_memory_overrides(args),
+            prompt=args.prompt, sequences=args.sequences.split(",") if args.sequences else None,
+            max_frames=args.max_frames, device=args.device,
+        )
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"tinysam2 eval: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        write_json(out, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinysam2", description="TinySAM 2 video object tracking: model checks, tracking, export and ROS 2 node."
@@ -39,6 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol-iou-pred", type=float, default=1e-3, help="max |diff| of predicted IoUs (default 1e-3)")
     p.add_argument("--min-mask-iou", type=float, default=0.995, help="min IoU of final masks (default 0.995)")
     p.set_defaults(func=_cmd_fidelity)
+
+    p = sub.add_parser(
+        "eval",
+        help="run the tracker over DAVIS-layout videos: J&F, memory tokens and bytes, ms per stage",
+        description="Prompt each object on its first annotated frame (mask, box from the mask, or a point inside it), "
+        "track to the end and print per sequence and overall: J&F (DAVIS definitions), spatial memory tokens per "
+        "object per frame and as a %% of SAM 2.1's 7x4096, memory bytes per object, and ms per frame per stage.",
+    )
+    p.add_argument("data_root", help="directory with JPEGImages/<seq>/*.jpg and Annotations/<seq>/*.png")
+    p.add_argument("--preset", default="tinysam2", help="model preset (default: tinysam2)")
+    p.add_argument("--checkpoint", help="checkpoint (.pt or .safetensors); without one the weights are random")
+    p.add_argument("--prompt", choices=["mask", "box", "point"], default="mask", help="prompt from the first annotation")
+    p.add_argument("--sequences", help="comma-separated sequence names (default: all)")
+    p.add_argument("--max-frames", type=int, help="only the first N frames of each sequence")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    _add_memory_args(p)
+    p.set_defaults(func=_cmd_eval)
     return parser
 
 

@@ -89,12 +89,28 @@ PRESETS: dict[str, Preset] = {
     "sam2.1_hiera_l": _sam21("l"),
 }
 
+# TinySAM 2 memory defaults: 2x2 pooling (1024 tokens per frame), at most 2000
+# spatial memory tokens per object = 2000 / (7 x 4096) = 6.98% of SAM 2.1's.
+TINYSAM2_MEMORY = {
+    "compression": "tinysam2",
+    "num_slots": 6,
+    "max_cond_frames": 4,
+    "pool_factor": 2,
+    "token_budget": 2000,
+    "similarity": "redundancy",
+    "write_threshold": 0.3,
+    "keep_recent": 1,
+    "recency_half_life": 30.0,
+}
+SAM21_MEMORY_TOKENS = 7 * 64 * 64  # spatial memory tokens SAM 2.1 feeds per object
+
 # TinySAM 2: the SAM 2.1 pipeline (memory attention, pointers, no-object embeddings)
-# with the RepViT-M1 image encoder; its small memory is configured under "memory".
+# with the RepViT-M1 image encoder and the small memory above.
 PRESETS["tinysam2"] = {
     **copy.deepcopy(PRESETS["sam2.1_hiera_t"]),
     "trunk": dict(_REPVIT_M1),
     "neck": dict(PRESETS["edgetam"]["neck"]),
+    "memory": dict(TINYSAM2_MEMORY),
 }
 
 # A small model for fast tests and CPU training: same structure, 256 px input,
@@ -110,7 +126,8 @@ PRESETS["tiny"] = {
     "spatial_perceiver": None,
     "tracking": {**_SAM2_TRACKING, "add_tpos_enc_to_obj_ptrs": True, "proj_tpos_enc_in_obj_ptrs": True,
                  "use_signed_tpos_enc_to_obj_ptrs": True, "no_obj_embed_spatial": True},
-    "memory": dict(_MEMORY_OFF),
+    # 16x16 memory grid: pool 2 -> 64 tokens/frame, budget 256
+    "memory": {**TINYSAM2_MEMORY, "token_budget": 256},
 }
 
 ALIASES = {"sam2.1_hiera_tiny": "sam2.1_hiera_t", "sam2.1_hiera_small": "sam2.1_hiera_s",

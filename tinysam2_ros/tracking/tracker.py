@@ -46,6 +46,14 @@ class TrackerConfig:
     lost_after: int = 30  # frames absent before an occluded object is reported lost
     stamp_tolerance: float = 0.05  # seconds: a prompt's stamp matches the nearest frame within this
 
+    @classmethod
+    def from_preset(cls, preset: dict, memory_overrides: dict | None = None, **kwargs) -> "TrackerConfig":
+        """The preset's memory settings (``preset["memory"]``) with overrides applied."""
+        memory = {**preset.get("memory", {}), **(memory_overrides or {})}
+        if memory.get("compression") == "off":
+            memory = {"compression": "off", **{k: v for k, v in (memory_overrides or {}).items() if k != "compression"}}
+        return cls(memory=MemoryConfig.from_dict(memory), **kwargs)
+
     def __post_init__(self) -> None:
         if self.feature_window < 1:
             raise ValueError("feature_window must be >= 1")
@@ -84,13 +92,25 @@ class ObjectTrack:
     def entry(self, frame_idx: int) -> MemoryEntry | None:
         return self.cond.get(frame_idx) or self.entries.get(frame_idx)
 
-    def memory_bytes(self) -> int:
-        """Bytes of tensors this object holds (shared tensors counted once)."""
+    def memory_bytes(self, now: int, ptr_horizon: int, window: int) -> int:
+        """Bytes of the memory this object tracks with: prompted frames, memory slots,
+        the object pointers of the last ``ptr_horizon`` frames, and the mask logits of
+        the feature window. (Frames kept only for rolling back on a late prompt are
+        not counted; there are at most ``window`` of them.)"""
         seen: dict[int, int] = {}
-        for e in list(self.cond.values()) + list(self.entries.values()):
-            for t in (e.features, e.obj_ptr, e.low_res_logits, e.ious):
-                if t is not None:
-                    seen[id(t)] = t.numel() * t.element_size()
+
+        def add(t: torch.Tensor | None) -> None:
+            if t is not None:
+                seen[id(t)] = t.numel() * t.element_size()
+
+        slots = [self.entries[f] for f in self.bank if f in self.entries]
+        for e in list(self.cond.values()) + slots:
+            add(e.features)
+        for f, e in list(self.cond.items()) + list(self.entries.items()):
+            if f > now - ptr_horizon or f in self.cond:
+                add(e.obj_ptr)
+            if f > now - window:
+                add(e.low_res_logits)
         return sum(seen.values())
 
 
@@ -512,6 +532,9 @@ class Tracker:
                 e.low_res_logits = None
 
     # ------------------------------------------------------------------ outputs
+    def memory_bytes(self, obj: ObjectTrack) -> int:
+        return obj.memory_bytes(self.frame_idx, self.model.max_obj_ptrs_in_encoder, self.config.feature_window)
+
     def _state(self, e: MemoryEntry) -> str:
         if e.object_score > 0:
             return "tracked"
@@ -539,7 +562,7 @@ class Tracker:
                 age=frame.idx - obj.first_frame,
                 frames_since_seen=e.absent_frames,
                 memory_tokens=obj.memory_tokens,
-                memory_bytes=obj.memory_bytes(),
+                memory_bytes=self.memory_bytes(obj),
             )
         return FrameResult(frame.idx, frame.stamp, objects, dict(self.stage_ms))
 

@@ -1,0 +1,181 @@
+"""``tinysam2 eval``: run the streaming tracker over DAVIS-layout videos and measure it.
+
+Per sequence and overall: J&F (DAVIS definitions, when annotations exist), spatial
+memory tokens per object per frame (and as a % of SAM 2.1's 7 x 4096), memory
+bytes per object, and milliseconds per frame for each stage.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..checkpoint import load_checkpoint
+from ..modeling.build import build_model
+from ..modeling.presets import SAM21_MEMORY_TOKENS, get_preset
+from ..tracking.tracker import STAGES, Tracker, TrackerConfig
+from .davis import annotation_paths, first_annotations, list_sequences, load_annotation, load_frames, mask_to_box, mask_to_point
+from .metrics import j_and_f, summarize
+
+PROMPT_KINDS = ("mask", "box", "point")
+
+
+@dataclass
+class SequenceReport:
+    name: str
+    frames: int
+    objects: dict[int, dict[str, float]] = field(default_factory=dict)  # obj_id -> J, F, JF
+    memory_tokens: float = 0.0  # mean spatial memory tokens per object per memory-conditioned frame
+    memory_bytes: int = 0  # largest memory held by one object at the end of the sequence
+    stage_ms: dict[str, float] = field(default_factory=dict)  # mean ms per frame
+
+    def summary(self) -> dict:
+        s = summarize(self.objects.values()) if self.objects else {"J": math.nan, "F": math.nan, "JF": math.nan}
+        return {
+            "sequence": self.name,
+            "frames": self.frames,
+            "J": s["J"], "F": s["F"], "JF": s["JF"],
+            "memory_tokens": self.memory_tokens,
+            "memory_tokens_pct_sam21": 100.0 * self.memory_tokens / SAM21_MEMORY_TOKENS,
+            "memory_bytes": self.memory_bytes,
+            "ms_per_frame": {**self.stage_ms, "total": sum(self.stage_ms.values())},
+            "objects": {str(k): v for k, v in self.objects.items()},
+        }
+
+
+def _prompt_kwargs(kind: str, mask: np.ndarray) -> dict:
+    if kind == "mask":
+        return {"mask": mask}
+    if kind == "box":
+        return {"box": mask_to_box(mask)}
+    x, y = mask_to_point(mask)
+    return {"points": [[x, y]], "labels": [1]}
+
+
+def evaluate_sequence_with_tracker(
+    tracker: Tracker, root: Path, seq: str, prompt: str = "mask", max_frames: int | None = None
+) -> SequenceReport:
+    """Prompt every object on its first annotated frame, track to the end, score."""
+    tracker.reset()
+    frames = load_frames(root, seq)[:max_frames]
+    firsts = first_annotations(root, seq)
+    ann = annotation_paths(root, seq)
+    preds: dict[int, dict[int, np.ndarray]] = {oid: {} for oid in firsts}
+    tokens, stage_sum = [], dict.fromkeys(STAGES, 0.0)
+    for i, path in enumerate(frames):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        for oid, (f, mask) in firsts.items():
+            if f == i:
+                tracker.add_prompt(oid, **_prompt_kwargs(prompt, mask))
+        result = tracker.step(rgb)
+        for k in STAGES:
+            stage_sum[k] += result.stage_ms[k]
+        for oid, res in result.objects.items():
+            preds[oid][i] = res.mask
+            if i > firsts[oid][0]:
+                tokens.append(res.memory_tokens)
+    report = SequenceReport(seq, len(frames))
+    gt_frames = {i: load_annotation(p) for i, p in ann.items() if i < len(frames)}
+    for oid, (f0, _) in firsts.items():
+        scored = sorted(i for i in gt_frames if i >= f0)
+        if len(scored) < 2:
+            continue
+        empty = np.zeros_like(gt_frames[scored[0]], dtype=bool)
+        report.objects[oid] = j_and_f(
+            [preds[oid].get(i, empty) for i in scored], [gt_frames[i] == oid for i in scored],
+            skip_first=True, skip_last=len(scored) > 2,
+        )
+    report.memory_tokens = float(np.mean(tokens)) if tokens else 0.0
+    report.memory_bytes = max((tracker.memory_bytes(o) for o in tracker.objects.values()), default=0)
+    report.stage_ms = {k: v / max(len(frames), 1) for k, v in stage_sum.items()}
+    return report
+
+
+def run_eval(
+    root: str | Path,
+    preset: str = "tinysam2",
+    checkpoint: str | Path | None = None,
+    memory_overrides: dict | None = None,
+    prompt: str = "mask",
+    sequences: list[str] | None = None,
+    max_frames: int | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    log=print,
+) -> dict:
+    """Evaluate and print a table; returns the same numbers as a dict (for ``--json``)."""
+    root = Path(root)
+    if prompt not in PROMPT_KINDS:
+        raise ValueError(f"prompt must be one of {PROMPT_KINDS}")
+    seqs = sequences or list_sequences(root)
+    if not seqs:
+        raise ValueError(f"no sequences under {root / 'JPEGImages'}")
+    preset_dict = get_preset(preset)
+    torch.manual_seed(seed)
+    model = build_model(preset_dict).to(device)
+    if checkpoint:
+        load_checkpoint(model, checkpoint)
+    else:
+        log(f"warning: no checkpoint given, {preset} runs with random weights (numbers are meaningless for quality)")
+    config = TrackerConfig.from_preset(preset_dict, memory_overrides)
+    tracker = Tracker(model, config, device=device)
+    reports = [evaluate_sequence_with_tracker(tracker, root, s, prompt, max_frames) for s in tqdm(seqs, desc="eval", leave=False)]
+
+    rows = [r.summary() for r in reports]
+    overall = summarize([o for r in reports for o in r.objects.values()]) if any(r.objects for r in reports) else {}
+    total_frames = sum(r.frames for r in reports)
+    mean_ms = {k: sum(r.stage_ms[k] * r.frames for r in reports) / max(total_frames, 1) for k in STAGES}
+    tok = float(np.mean([r.memory_tokens for r in reports]))
+    out = {
+        "preset": preset,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "memory": config.memory.to_dict(),
+        "prompt": prompt,
+        "sequences": rows,
+        "overall": {
+            "J": overall.get("J", math.nan), "F": overall.get("F", math.nan), "JF": overall.get("JF", math.nan),
+            "objects": overall.get("objects", 0),
+            "memory_tokens": tok,
+            "memory_tokens_pct_sam21": 100.0 * tok / SAM21_MEMORY_TOKENS,
+            "memory_bytes": max(r.memory_bytes for r in reports),
+            "ms_per_frame": {**mean_ms, "total": sum(mean_ms.values())},
+        },
+    }
+    _print_table(out, log)
+    return out
+
+
+def _print_table(out: dict, log) -> None:
+    head = f"{'sequence':<20} {'frames':>6} {'J&F':>6} {'J':>6} {'F':>6} {'mem tok':>8} {'% SAM2.1':>8} {'mem KiB':>8}"
+    head += "".join(f" {s[:10]:>10}" for s in STAGES) + f" {'ms total':>9}"
+    log(head)
+
+    def fmt(name, frames, d):
+        ms = d["ms_per_frame"]
+        jf = lambda v: "   -  " if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:6.3f}"  # noqa: E731
+        line = (f"{name:<20} {frames:>6} {jf(d['JF'])} {jf(d['J'])} {jf(d['F'])} {d['memory_tokens']:>8.0f} "
+                f"{d['memory_tokens_pct_sam21']:>7.2f}% {d['memory_bytes'] / 1024:>8.0f}")
+        return line + "".join(f" {ms[s]:>10.1f}" for s in STAGES) + f" {ms['total']:>9.1f}"
+
+    for r in out["sequences"]:
+        log(fmt(r["sequence"], r["frames"], r))
+    log(fmt("overall", sum(r["frames"] for r in out["sequences"]), out["overall"]))
+
+
+def write_json(out: dict, path: str | Path) -> None:
+    def clean(v):
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    Path(path).write_text(json.dumps(clean(out), indent=2))
