@@ -169,3 +169,19 @@ def test_memory_stays_bounded_on_long_streams(model):
         assert len(obj.entries) <= 16 + 4 and len(obj.bank) <= 4 and len(obj.bank_at) <= 5
         assert obj.memory_tokens <= 200
     assert len(tracker._frames) == 4
+
+
+def test_flush_applies_a_prompt_on_the_newest_frame(model):
+    video = frames(3)
+    a = Tracker(model)
+    for f in video:
+        a.step(f)
+    a.add_prompt(1, frame=a.frame_idx, **BOX1)
+    now = a.flush()
+    b = Tracker(model)
+    b.step(video[0])
+    b.step(video[1])
+    b.add_prompt(1, **BOX1)
+    on_time = b.step(video[2])
+    torch.testing.assert_close(now.objects[1].low_res_logits, on_time.objects[1].low_res_logits)
+    assert Tracker(model).flush() is None

@@ -56,6 +56,53 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_track(args: argparse.Namespace) -> int:
+    """Run tracker_node (and a demo image source) in this process, as track.launch.py would."""
+    from pathlib import Path
+
+    import rclpy
+    import rclpy.executors
+
+    from .ros.tracker_node import TrackerNode
+
+    params_file = Path(args.params_file)
+    if not params_file.is_file():
+        print(f"tinysam2 track: parameter file {params_file} not found", file=sys.stderr)
+        return 2
+    ros_args = ["--ros-args", "--params-file", str(params_file), "-r", f"image:={args.image}", "-r",
+                f"prompts:={args.prompts}"]
+    for name in ("preset", "checkpoint", "backend", "device"):
+        if getattr(args, name) is not None:
+            ros_args += ["-p", f"{name}:={getattr(args, name)}"]
+    if args.namespace:
+        ros_args += ["-r", f"__ns:=/{args.namespace.strip('/')}"]
+    rclpy.init(args=["tinysam2"] + ros_args)
+    executor = rclpy.executors.MultiThreadedExecutor(num_threads=3)
+    node = TrackerNode()
+    executor.add_node(node)
+    source = None
+    if args.video:
+        from .ros.video_source import VideoSource
+
+        source = VideoSource(args.video, topic=args.image, rate_hz=args.rate, loop=args.loop,
+                             namespace=args.namespace or None)
+        executor.add_node(source)
+    try:
+        while rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
+            if source is not None and source.finished:
+                break
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        node.on_shutdown(None)
+        node.destroy_node()
+        if source is not None:
+            source.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinysam2", description="TinySAM 2 video object tracking: model checks, tracking, export and ROS 2 node."
@@ -94,6 +141,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results to this JSON file")
     _add_memory_args(p)
     p.set_defaults(func=_cmd_eval)
+
+    from pathlib import Path
+
+    default_params = Path(__file__).resolve().parents[1] / "config" / "tracker.yaml"
+    p = sub.add_parser(
+        "track",
+        help="run the ROS 2 tracker node (what track.launch.py starts), optionally with a demo video source",
+        description="Start tracker_node with a parameter file, as `ros2 launch tinysam2_ros track.launch.py` does, "
+        "in this process. With --video, also publish a video file, camera index or image folder as "
+        "sensor_msgs/Image on the image topic.",
+    )
+    p.add_argument("--params-file", default=str(default_params), help="parameter file (default: config/tracker.yaml)")
+    p.add_argument("--image", default="image", help="image topic (default: image)")
+    p.add_argument("--prompts", default="prompts", help="prompt topic (default: prompts)")
+    p.add_argument("--namespace", default="", help="namespace of the node (one per camera)")
+    p.add_argument("--preset", help="override the preset parameter")
+    p.add_argument("--checkpoint", help="override the checkpoint parameter")
+    p.add_argument("--backend", help="override the backend parameter")
+    p.add_argument("--device", help="override the device parameter")
+    p.add_argument("--video", help="publish this video file / camera index / image folder on the image topic")
+    p.add_argument("--rate", type=float, default=10.0, help="frames per second of --video (default 10)")
+    p.add_argument("--loop", action="store_true", help="loop --video forever")
+    p.set_defaults(func=_cmd_track)
     return parser
 
 

@@ -228,6 +228,18 @@ class Tracker:
         return sorted(set(self.objects) | {p[0] for p in self._pending})
 
     @torch.inference_mode()
+    def flush(self) -> FrameResult | None:
+        """Apply prompts queued for frames already processed, now, and return the newest
+        frame's result (what a synchronous "add prompt" service answers with)."""
+        if self.frame_idx < 0 or self.frame_idx not in self._frames:
+            return None
+        self.stage_ms = dict.fromkeys(STAGES, 0.0)
+        late = [p for p in self._pending if p[1] <= self.frame_idx]
+        self._pending = [p for p in self._pending if p[1] > self.frame_idx]
+        self._apply_late_prompts(late)
+        return self._results(self._frames[self.frame_idx])
+
+    @torch.inference_mode()
     def step(self, image_rgb: np.ndarray, stamp: float | None = None) -> FrameResult:
         """Process the next frame; returns masks and states for every tracked object."""
         self.stage_ms = dict.fromkeys(STAGES, 0.0)

@@ -1,0 +1,56 @@
+"""Start tinysam2_ros's tracker_node (and optionally RViz) for one camera.
+
+    ros2 launch tinysam2_ros track.launch.py image:=/camera/color/image_raw \
+        checkpoint:=/path/edgetam.pt preset:=edgetam namespace:=front use_rviz:=true
+
+Several cameras: launch once per camera with its own namespace.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = get_package_share_directory("tinysam2_ros")
+    args = [
+        DeclareLaunchArgument("image", default_value="image", description="camera image topic"),
+        DeclareLaunchArgument("prompts", default_value="prompts", description="PromptArray topic (detector)"),
+        DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "tracker.yaml"),
+                              description="parameter file"),
+        DeclareLaunchArgument("preset", default_value="tinysam2", description="model preset"),
+        DeclareLaunchArgument("checkpoint", default_value="", description="checkpoint (.pt / .safetensors)"),
+        DeclareLaunchArgument("backend", default_value="torch", description="inference backend"),
+        DeclareLaunchArgument("device", default_value="cpu", description="torch device, e.g. cuda:0"),
+        DeclareLaunchArgument("namespace", default_value="", description="namespace (one per camera)"),
+        DeclareLaunchArgument("use_rviz", default_value="false", description="start RViz with config/track.rviz"),
+    ]
+    node = Node(
+        package="tinysam2_ros",
+        executable="tracker_node",
+        name="tracker_node",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {
+                "preset": LaunchConfiguration("preset"),
+                "checkpoint": LaunchConfiguration("checkpoint"),
+                "backend": LaunchConfiguration("backend"),
+                "device": LaunchConfiguration("device"),
+            },
+        ],
+        remappings=[("image", LaunchConfiguration("image")), ("prompts", LaunchConfiguration("prompts"))],
+    )
+    rviz = Node(
+        package="rviz2",
+        executable="rviz2",
+        namespace=LaunchConfiguration("namespace"),
+        arguments=["-d", os.path.join(share, "config", "track.rviz")],
+        condition=IfCondition(LaunchConfiguration("use_rviz")),
+    )
+    return LaunchDescription(args + [node, rviz])

@@ -1,0 +1,1 @@
+"""ROS 2 glue: image message conversion, rendering and the tracking node."""
