@@ -137,7 +137,15 @@ class MaskDecoder(nn.Module):
             repeat_image=repeat_image,
             high_res_features=high_res_features,
         )
+        masks, iou_pred, sam_tokens_out = self.select_outputs(masks, iou_pred, mask_tokens_out, multimask_output)
+        return masks, iou_pred, sam_tokens_out, object_score_logits
 
+    def select_outputs(
+        self, masks: Tensor, iou_pred: Tensor, mask_tokens_out: Tensor, multimask_output: bool
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """From all mask tokens' outputs to what SAM 2 uses: the 3 multimask outputs, or the
+        single mask (falling back to the best multimask one when unstable), and the token(s)
+        the object pointer is made from."""
         if multimask_output:
             masks = masks[:, 1:]
             iou_pred = iou_pred[:, 1:]
@@ -153,7 +161,7 @@ class MaskDecoder(nn.Module):
             # SAM 2 always uses the single-mask token as the object-memory token here
             # (even when the dynamic fallback picked a multimask output).
             sam_tokens_out = mask_tokens_out[:, 0:1]
-        return masks, iou_pred, sam_tokens_out, object_score_logits
+        return masks, iou_pred, sam_tokens_out
 
     def predict_masks(
         self,

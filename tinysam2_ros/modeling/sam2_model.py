@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import MLP
+from .rope import grid_coords
 
 NO_OBJ_SCORE = -1024.0  # logit written into masks of objects judged absent
 
@@ -133,6 +134,48 @@ class SAM2Model(nn.Module):
             self.obj_ptr_tpos_proj = nn.Linear(hidden_dim, mem_dim)
         else:
             self.obj_ptr_tpos_proj = nn.Identity()
+        # the runner of the heavy stages (plain attribute, not a submodule); stages
+        # snapshot constants derived from weights, so a weight load resets it
+        self._backend = None
+        self._constants: dict[str, torch.Tensor] = {}
+        self.register_load_state_dict_post_hook(lambda module, keys: module.set_backend(None))
+
+    # ------------------------------------------------------------------ backend
+    @property
+    def backend(self):
+        if self._backend is None:
+            from ..backends.torch_backend import TorchBackend
+
+            self._backend = TorchBackend(self)
+        return self._backend
+
+    def set_backend(self, backend) -> None:
+        """Run the four stages with ``backend`` (None: PyTorch, rebuilt lazily)."""
+        self._backend = backend
+        self._constants = {}
+
+    def _apply(self, fn, *args, **kwargs):  # .to()/.cuda()/.half(): stage constants must follow
+        self.set_backend(None)
+        return super()._apply(fn, *args, **kwargs)
+
+    @torch.no_grad()
+    def constants(self) -> dict[str, torch.Tensor]:
+        """Per-model constants computed once: image and memory position encodings,
+        memory token positions for the rotary encoding."""
+        if not self._constants:
+            device = self.no_mem_embed.device
+            h = self.feat_size
+            pix_pos = self.image_encoder.neck.position_encoding.encode_grid(h, h, device=device)
+            feats, pos = self.memory_encoder(
+                torch.zeros(1, self.hidden_dim, h, h, device=device),
+                torch.zeros(1, 1, self.image_size, self.image_size, device=device), skip_mask_sigmoid=True)
+            if self.spatial_perceiver is not None:
+                _, mem_pos, coords = self.spatial_perceiver(feats, pos)
+                mem_pos, coords = mem_pos[0], coords[0]
+            else:
+                mem_pos, coords = pos[0].flatten(1).t(), grid_coords(h, h, device=device)
+            self._constants = {"pix_pos": pix_pos, "memory_pos": mem_pos.contiguous(), "memory_coords": coords}
+        return self._constants
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -147,10 +190,8 @@ class SAM2Model(nn.Module):
     # ------------------------------------------------------------------ stages
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
         """Image encoder + the decoder's high-res projections (run once per frame)."""
-        out = self.image_encoder(images)
-        fpn = out["backbone_fpn"]
-        high_res = [self.sam_mask_decoder.conv_s0(fpn[0]), self.sam_mask_decoder.conv_s1(fpn[1])]
-        return ImageFeatures(high_res, fpn[-1], out["vision_pos_enc"][-1])
+        hr0, hr1, pix = self.backend.image_encoder(images)
+        return ImageFeatures([hr0, hr1], pix, self.constants()["pix_pos"].expand(pix.shape[0], -1, -1, -1))
 
     def use_multimask(self, is_init_cond_frame: bool, num_points: int) -> bool:
         return (
@@ -166,25 +207,26 @@ class SAM2Model(nn.Module):
     def condition_on_memory(
         self,
         pix_feat: torch.Tensor,
-        pix_pos: torch.Tensor,
         memory: torch.Tensor,
         memory_pos: torch.Tensor,
         num_obj_ptr_tokens: int,
         memory_coords: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Memory attention of the current frame's tokens to the memory tokens."""
-        b, c, h, w = pix_feat.shape
-        curr = pix_feat.flatten(2).transpose(1, 2)
-        curr_pos = pix_pos.flatten(2).transpose(1, 2)
-        out = self.memory_attention(
-            curr,
-            curr_pos,
-            memory,
-            memory_pos,
-            num_obj_ptr_tokens=num_obj_ptr_tokens,
-            k_coords=memory_coords,
-        )
-        return out.transpose(1, 2).reshape(b, c, h, w)
+        """Memory attention of the current frame's tokens to the memory tokens.
+
+        ``memory_coords`` (``K - P x 2`` or ``B x (K - P) x 2``) are the rope positions of
+        the spatial tokens (default: the memory grid of each frame); the ``P`` trailing
+        object-pointer tokens get position (0, 0), i.e. no rotation.
+        """
+        b, k = memory.shape[:2]
+        spatial = k - num_obj_ptr_tokens
+        if memory_coords is None:
+            per_frame = self.constants()["memory_coords"]
+            memory_coords = per_frame.repeat(spatial // per_frame.shape[0], 1)
+        if memory_coords.dim() == 2:
+            memory_coords = memory_coords.unsqueeze(0).expand(b, -1, -1)
+        coords = torch.cat([memory_coords, memory_coords.new_zeros(b, num_obj_ptr_tokens, 2)], dim=1)
+        return self.backend.memory_attention(pix_feat, memory, memory_pos, coords)
 
     def forward_heads(
         self,
@@ -208,16 +250,13 @@ class SAM2Model(nn.Module):
             mask_inputs = F.interpolate(
                 mask_inputs.float(), size=(self.low_res_size,) * 2, mode="bilinear", align_corners=False, antialias=True
             )
-        sparse, dense = self.sam_prompt_encoder(points=(point_coords, point_labels), boxes=None, masks=mask_inputs)
-        multimasks, ious, sam_tokens, object_score_logits = self.sam_mask_decoder(
-            image_embeddings=pix_feat,
-            image_pe=self.sam_prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-            repeat_image=False,
-            high_res_features=high_res,
+        has_mask = torch.full((b,), 1.0 if mask_inputs is not None else 0.0, device=pix_feat.device)
+        if mask_inputs is None:
+            mask_inputs = pix_feat.new_zeros(b, 1, self.low_res_size, self.low_res_size)
+        masks, ious, tokens, object_score_logits = self.backend.mask_decoder(
+            pix_feat, high_res[0], high_res[1], point_coords, point_labels.to(torch.int32), mask_inputs, has_mask
         )
+        multimasks, ious, sam_tokens = self.sam_mask_decoder.select_outputs(masks, ious, tokens, multimask_output)
         is_present = object_score_logits > 0
         gated = torch.where(is_present[:, :, None, None], multimasks, torch.full_like(multimasks, NO_OBJ_SCORE))
         batch = torch.arange(b, device=pix_feat.device)
@@ -251,14 +290,9 @@ class SAM2Model(nn.Module):
         else:
             mask_for_mem = torch.sigmoid(high_res_masks)
         mask_for_mem = mask_for_mem * self.sigmoid_scale_for_mem_enc + self.sigmoid_bias_for_mem_enc
-        feats, pos = self.memory_encoder(pix_feat, mask_for_mem, skip_mask_sigmoid=True)
-        if self.no_obj_embed_spatial is not None:
-            absent = (object_score_logits <= 0).to(feats.dtype)  # B x 1
-            feats = feats + absent[:, :, None, None] * self.no_obj_embed_spatial[..., None, None]
-        if self.spatial_perceiver is not None:
-            tokens, token_pos, coords = self.spatial_perceiver(feats, pos)
-            return MemoryTokens(tokens, token_pos, coords[0])
-        return MemoryTokens(feats.flatten(2).transpose(1, 2), pos.flatten(2).transpose(1, 2), None)
+        feats = self.backend.memory_encoder(pix_feat, mask_for_mem, object_score_logits)
+        c = self.constants()
+        return MemoryTokens(feats, c["memory_pos"].unsqueeze(0).expand(feats.shape[0], -1, -1), c["memory_coords"])
 
     def object_pointer_tokens(
         self, obj_ptrs: torch.Tensor, temporal_offsets: torch.Tensor, max_ptrs: int

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from ..memory.compression import TokenLayout, pool_tokens, select_tokens
 from ..memory.config import MemoryConfig
 from ..memory.quality import frame_quality, mask_agreement, select_cond_frames, select_slots
-from ..modeling.rope import grid_coords
 from ..modeling.sam2_model import HeadOutput, ImageFeatures, SAM2Model
 from .preprocess import preprocess_rgb, scale_points
 from .prompts import Prompt, PromptError, make_prompt
@@ -160,7 +159,8 @@ class Tracker:
         self.stage_ms: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self._frames: OrderedDict[int, _Frame] = OrderedDict()
         self._pending: list[tuple[int, int, Prompt, str]] = []  # (obj_id, frame_idx, prompt, label)
-        self._layout, self._mem_pos, self._mem_coords = self._memory_layout()
+        self._full_layout = self._token_layout()
+        self._layout, self._mem_pos, self._mem_coords = self._pooled_constants()
 
     # ------------------------------------------------------------------ public API
     @property
@@ -371,18 +371,25 @@ class Tracker:
                 self._collect(obj, f)
 
     # ------------------------------------------------------------------ memory read
-    def _memory_layout(self) -> tuple[TokenLayout, torch.Tensor | None, torch.Tensor]:
-        """Token layout of one memory frame after pooling, its rope coords (N x 2)."""
+    def _token_layout(self) -> TokenLayout:
+        """A memory frame's tokens as the model writes them: free latents, then a grid."""
         m = self.model
         sp = m.spatial_perceiver
         if sp is not None:
             side = int(round(sp.num_latents_2d ** 0.5))
-            layout = TokenLayout(sp.num_latents, side, side)
-            coords = torch.cat([torch.zeros(sp.num_latents, 2), grid_coords(side, side)])
-        else:
-            layout = TokenLayout(0, m.feat_size, m.feat_size)
-            coords = grid_coords(m.feat_size, m.feat_size)
-        return layout, None, coords.to(self.device)
+            return TokenLayout(sp.num_latents, side, side)
+        return TokenLayout(0, m.feat_size, m.feat_size)
+
+    @property
+    def _pool_factor(self) -> int:
+        return self.memory.pool_factor if self.memory.compressed else 1
+
+    def _pooled_constants(self) -> tuple[TokenLayout, torch.Tensor, torch.Tensor]:
+        """Layout, position encoding (N x m) and rope positions (N x 2) of a stored memory frame."""
+        c = self.model.constants()
+        pos = c["memory_pos"][None]
+        _, pos, coords, layout = pool_tokens(pos, pos, c["memory_coords"], self._full_layout, self._pool_factor)
+        return layout, pos[0], coords
 
     def _memory_frames(self, obj: ObjectTrack, t: int) -> list[tuple[int, MemoryEntry]]:
         """(t_rel, entry) of the frames attended to at t: prompted (t_rel 0), then the bank, oldest first."""
@@ -443,7 +450,7 @@ class Tracker:
             o.memory_tokens, o.pointer_tokens = spatial_tokens, num_ptr_tokens
         fb = feats.select(len(objs))
         with self._timed("memory_attention"):
-            return m.condition_on_memory(fb.pix_feat, fb.pix_pos, mem, mem_pos, num_ptr_tokens, memory_coords=coords)
+            return m.condition_on_memory(fb.pix_feat, mem, mem_pos, num_ptr_tokens, memory_coords=coords)
 
     # ------------------------------------------------------------------ tracking
     def _track(self, frame: _Frame, objs: list[ObjectTrack]) -> None:
@@ -489,12 +496,7 @@ class Tracker:
         b = out.high_res_masks.shape[0]
         with self._timed("memory_encoder"):
             mem = self.model.encode_memory(feats.select(b).pix_feat, out.high_res_masks, out.object_score_logits, is_mask_from_pts)
-            coords = mem.coords if mem.coords is not None else grid_coords(self.model.feat_size, self.model.feat_size)
-            full_layout = self._full_layout()
-            tokens, pos, _, _ = pool_tokens(mem.features, mem.pos, coords.to(self.device), full_layout,
-                                            self.memory.pool_factor if self.memory.compressed else 1)
-        if self._mem_pos is None or self._mem_pos.shape[0] != tokens.shape[1]:
-            self._refresh_layout(mem, coords)
+            tokens, _, _, _ = pool_tokens(mem.features, mem.features, mem.coords, self._full_layout, self._pool_factor)
         return [
             MemoryEntry(
                 frame_idx=f,
@@ -507,21 +509,6 @@ class Tracker:
             )
             for i, f in enumerate(frames)
         ]
-
-    def _full_layout(self) -> TokenLayout:
-        m = self.model
-        sp = m.spatial_perceiver
-        if sp is not None:
-            side = int(round(sp.num_latents_2d ** 0.5))
-            return TokenLayout(sp.num_latents, side, side)
-        return TokenLayout(0, m.feat_size, m.feat_size)
-
-    def _refresh_layout(self, mem, coords: torch.Tensor) -> None:
-        """Memory position encodings depend only on the layout: compute them once."""
-        factor = self.memory.pool_factor if self.memory.compressed else 1
-        _, pos, pooled_coords, layout = pool_tokens(mem.features[:1], mem.pos[:1], coords.to(self.device),
-                                                    self._full_layout(), factor)
-        self._layout, self._mem_pos, self._mem_coords = layout, pos[0], pooled_coords
 
     def _collect(self, obj: ObjectTrack, t: int) -> None:
         """Forget what no future frame or late prompt can use (keeps memory bounded)."""

@@ -1,0 +1,110 @@
+"""The four heavy stages of the model, each with a fixed tensor contract.
+
+These are what a backend runs (PyTorch here, onnxruntime or TensorRT from the
+exported graphs, see ``tinysam2_ros/engine``); everything else the tracker does
+(choosing masks, object pointers, temporal encodings) is light glue in
+``SAM2Model``. Per-frame constants (the dense position encoding of the prompt
+encoder, the sine position encodings of image and memory features, the rope
+positions of the queries) are buffers baked into the stages, not inputs.
+
+Contracts (B objects, S input size, h = w = S/16, C hidden dim, m memory dim):
+  image_encoder:    images (1,3,S,S) -> high_res_0 (1,C/8,4h,4w), high_res_1 (1,C/4,2h,2w), pix_feat (1,C,h,w)
+  mask_decoder:     pix_feat (B,C,h,w), high_res_0, high_res_1 (B,...), point_coords (B,N,2) float,
+                    point_labels (B,N) int32, mask_input (B,1,4h,4w), has_mask_input (B,) float
+                    -> masks (B,4,4h,4w), iou_pred (B,4), mask_tokens (B,4,C), object_score_logits (B,1)
+  memory_attention: pix_feat (B,C,h,w), memory (B,K,m), memory_pos (B,K,m), memory_coords (B,K,2)
+                    -> conditioned (B,C,h,w)   [object pointers: coords (0,0) = no rotation]
+  memory_encoder:   pix_feat (B,C,h,w), mask_for_mem (B,1,S,S) (already scaled), object_score_logits (B,1)
+                    -> memory (B,N,m)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .rope import grid_coords
+
+STAGE_NAMES = ("image_encoder", "mask_decoder", "memory_attention", "memory_encoder")
+
+
+class ImageEncoderStage(nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.image_encoder = model.image_encoder
+        self.conv_s0 = model.sam_mask_decoder.conv_s0
+        self.conv_s1 = model.sam_mask_decoder.conv_s1
+
+    def forward(self, images: torch.Tensor):
+        fpn = self.image_encoder(images)["backbone_fpn"]
+        return self.conv_s0(fpn[0]), self.conv_s1(fpn[1]), fpn[-1]
+
+
+class MaskDecoderStage(nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.prompt_encoder = model.sam_prompt_encoder
+        self.mask_decoder = model.sam_mask_decoder
+        self.register_buffer("image_pe", model.sam_prompt_encoder.get_dense_pe().detach().clone(), persistent=False)
+
+    def forward(self, pix_feat, high_res_0, high_res_1, point_coords, point_labels, mask_input, has_mask_input):
+        pe = self.prompt_encoder
+        sparse, _ = pe(points=(point_coords, point_labels), boxes=None, masks=None)
+        has = has_mask_input.to(pix_feat.dtype).view(-1, 1, 1, 1)
+        no_mask = pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        dense = has * pe.mask_downscaling(mask_input) + (1.0 - has) * no_mask
+        return self.mask_decoder.predict_masks(
+            image_embeddings=pix_feat,
+            image_pe=self.image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            repeat_image=False,
+            high_res_features=[high_res_0, high_res_1],
+        )
+
+
+class MemoryAttentionStage(nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.memory_attention = model.memory_attention
+        h = model.feat_size
+        pos = model.image_encoder.neck.position_encoding.encode_grid(h, h)
+        self.register_buffer("curr_pos", pos.flatten(2).transpose(1, 2).contiguous(), persistent=False)
+        self.register_buffer("q_coords", grid_coords(h, h), persistent=False)
+
+    def forward(self, pix_feat, memory, memory_pos, memory_coords):
+        b, c, h, w = pix_feat.shape
+        curr = pix_feat.flatten(2).transpose(1, 2)
+        out = self.memory_attention(
+            curr, self.curr_pos.expand(b, -1, -1), memory, memory_pos,
+            num_obj_ptr_tokens=0, q_coords=self.q_coords, k_coords=memory_coords,
+        )
+        return out.transpose(1, 2).reshape(b, c, h, w)
+
+
+class MemoryEncoderStage(nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.memory_encoder = model.memory_encoder
+        self.spatial_perceiver = model.spatial_perceiver
+        self.no_obj_embed_spatial = model.no_obj_embed_spatial
+
+    def forward(self, pix_feat, mask_for_mem, object_score_logits):
+        feats, pos = self.memory_encoder(pix_feat, mask_for_mem, skip_mask_sigmoid=True)
+        if self.no_obj_embed_spatial is not None:
+            absent = (object_score_logits <= 0).to(feats.dtype)
+            feats = feats + absent[:, :, None, None] * self.no_obj_embed_spatial[..., None, None]
+        if self.spatial_perceiver is not None:
+            tokens, _, _ = self.spatial_perceiver(feats, pos)
+            return tokens
+        return feats.flatten(2).transpose(1, 2)
+
+
+def build_stages(model) -> dict[str, nn.Module]:
+    """The stage modules of ``model`` (sharing its parameters), in eval mode."""
+    stages = {
+        "image_encoder": ImageEncoderStage(model),
+        "mask_decoder": MaskDecoderStage(model),
+        "memory_attention": MemoryAttentionStage(model),
+        "memory_encoder": MemoryEncoderStage(model),
+    }
+    return {k: v.eval() for k, v in stages.items()}
