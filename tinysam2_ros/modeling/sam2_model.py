@@ -277,6 +277,19 @@ class SAM2Model(nn.Module):
         obj_ptr = obj_ptr + (1 - present) * self.no_obj_ptr
         return HeadOutput(multimasks, ious, low_res, high_res_masks, obj_ptr, object_score_logits, best_iou)
 
+    def mask_as_output(self, pix_feat: torch.Tensor, high_res: list[torch.Tensor], masks: torch.Tensor) -> HeadOutput:
+        """A mask prompt is taken as the output itself (+/-10 logits, SAM 2's
+        ``use_mask_input_as_output_without_sam``); the decoder, given the mask, only
+        supplies the object pointer. ``masks``: B x 1 x S x S binary float."""
+        high_res_masks = masks * 20.0 - 10.0
+        low_res = F.interpolate(high_res_masks, size=(self.low_res_size,) * 2, mode="bilinear", align_corners=False,
+                                antialias=True)
+        heads = self.forward_heads(pix_feat, high_res, mask_inputs=self.mask_downsample(masks))
+        present = masks.flatten(1).gt(0).any(dim=1, keepdim=True).to(masks.dtype)
+        obj_ptr = present * heads.obj_ptr + (1 - present) * self.no_obj_ptr
+        ious = torch.ones(masks.shape[0], 1, device=masks.device)
+        return HeadOutput(low_res, ious, low_res, high_res_masks, obj_ptr, present * 20.0 - 10.0, ious[:, 0])
+
     def encode_memory(
         self,
         pix_feat: torch.Tensor,

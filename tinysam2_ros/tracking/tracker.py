@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..memory.compression import TokenLayout, pool_tokens, select_tokens
+from ..memory.assemble import assemble_memory
+from ..memory.compression import TokenLayout, pool_tokens
 from ..memory.config import MemoryConfig
 from ..memory.quality import frame_quality, mask_agreement, select_cond_frames, select_slots
 from ..modeling.sam2_model import HeadOutput, ImageFeatures, SAM2Model
@@ -325,20 +326,11 @@ class Tracker:
         obj.bank = tuple(f for f in obj.bank if f != t)
 
     def _mask_as_output(self, feats: ImageFeatures, mask: np.ndarray) -> HeadOutput:
-        """SAM 2's mask prompt: the mask itself is the output; the decoder gives the pointer."""
-        m = self.model
-        size = m.image_size
+        """SAM 2's mask prompt, resized to the model input and binarised as SAM 2 does."""
+        size = self.model.image_size
         mask_t = torch.from_numpy(mask.astype(np.float32))[None, None].to(self.device)
         mask_t = F.interpolate(mask_t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        mask_t = (mask_t >= 0.5).float()
-        high_res = mask_t * 20.0 - 10.0
-        low_res = F.interpolate(high_res, size=(m.low_res_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
-        heads = m.forward_heads(feats.pix_feat, feats.high_res, mask_inputs=m.mask_downsample(mask_t))
-        present = mask_t.flatten(1).gt(0).any(dim=1, keepdim=True).float()
-        score = present * 20.0 - 10.0
-        obj_ptr = present * heads.obj_ptr + (1 - present) * m.no_obj_ptr
-        ious = torch.ones(1, 1, device=self.device)
-        return HeadOutput(low_res, ious, low_res, high_res, obj_ptr, score, ious[:, 0])
+        return self.model.mask_as_output(feats.pix_feat, feats.high_res, (mask_t >= 0.5).float())
 
     def _apply_late_prompts(self, late) -> None:
         """Apply prompts stamped on past frames, then re-propagate those objects to now."""
@@ -430,22 +422,15 @@ class Tracker:
         """Memory attention for objects with the same memory layout, as one batch."""
         m = self.model
         per_obj = [self._memory_frames(o, t) for o in objs]
-        t_rels = torch.tensor([[r if r > 0 else m.num_maskmem for r, _ in frames] for frames in per_obj])
+        t_rels = torch.tensor([[r for r, _ in frames] for frames in per_obj], device=self.device)
         feats_bt = torch.stack([torch.stack([e.features for _, e in frames]) for frames in per_obj]).float()
-        pos_bt = self._mem_pos[None, None] + m.maskmem_tpos_enc[t_rels - 1].view(len(objs), -1, 1, m.mem_dim)
-        n_frames = feats_bt.shape[1]
-        coords_t = self._mem_coords[None].expand(n_frames, -1, -1)
-        budget = self.memory.token_budget if self.memory.compressed else 0
-        mem, mem_pos, coords = select_tokens(feats_bt, pos_bt, coords_t, budget, self.memory.similarity)
-        spatial_tokens = mem.shape[1]
         offsets, _, max_ptrs = self._pointers(objs[0], t)
-        num_ptr_tokens = 0
-        if offsets:
-            ptrs = torch.stack([torch.stack(self._pointers(o, t)[1]) for o in objs])  # B x P x C
-            tok, tok_pos = m.object_pointer_tokens(ptrs, torch.tensor(offsets, device=self.device), max_ptrs)
-            mem = torch.cat([mem, tok], dim=1)
-            mem_pos = torch.cat([mem_pos, tok_pos], dim=1)
-            num_ptr_tokens = tok.shape[1]
+        ptrs = torch.stack([torch.stack(self._pointers(o, t)[1]) for o in objs]) if offsets else None
+        budget = self.memory.token_budget if self.memory.compressed else 0
+        mem, mem_pos, coords, num_ptr_tokens = assemble_memory(
+            m, feats_bt, t_rels, self._mem_pos, self._mem_coords, budget, self.memory.similarity, ptrs, offsets, max_ptrs
+        )
+        spatial_tokens = mem.shape[1] - num_ptr_tokens
         for o in objs:
             o.memory_tokens, o.pointer_tokens = spatial_tokens, num_ptr_tokens
         fb = feats.select(len(objs))

@@ -1,0 +1,71 @@
+"""SAM 2's training losses: focal + dice on masks, IoU prediction, object score.
+
+For multimask outputs only the candidate with the lowest mask loss is trained
+(the others are free to specialise), as in SAM / SAM 2; the IoU head is trained on
+every candidate against the IoU that candidate really has.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class LossWeights:
+    focal: float = 20.0
+    dice: float = 1.0
+    iou: float = 1.0
+    object_score: float = 1.0
+
+
+def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0):
+    """Per-mask mean focal loss, ``B x M`` for ``B x M x H x W`` inputs."""
+    prob = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p_t = prob * target + (1 - prob) * (1 - target)
+    loss = ce * (1 - p_t) ** gamma
+    loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    return loss.flatten(2).mean(-1)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0):
+    """Per-mask dice loss, ``B x M``."""
+    prob = logits.sigmoid().flatten(2)
+    t = target.flatten(2)
+    inter = (prob * t).sum(-1)
+    return 1 - (2 * inter + eps) / (prob.sum(-1) + t.sum(-1) + eps)
+
+
+def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of thresholded masks with the target, ``B x M`` (no gradient)."""
+    pred = (logits > 0).flatten(2)
+    t = target.flatten(2) > 0.5
+    inter = (pred & t).sum(-1).float()
+    union = (pred | t).sum(-1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+def frame_loss(
+    multimask_logits: torch.Tensor,  # B x M x h x w (low-res, raw)
+    ious: torch.Tensor,  # B x M predicted
+    object_score_logits: torch.Tensor,  # B x 1
+    target: torch.Tensor,  # B x 1 x h x w in {0, 1} (at the logits' resolution)
+    w: LossWeights,
+) -> dict[str, torch.Tensor]:
+    present = (target.flatten(1).sum(-1) > 0).float()  # B
+    tgt = target.expand_as(multimask_logits)
+    focal = sigmoid_focal_loss(multimask_logits, tgt)
+    dice = dice_loss(multimask_logits, tgt)
+    combined = w.focal * focal + w.dice * dice
+    best = combined.argmin(dim=1, keepdim=True)
+    # mask and IoU losses only where the object is present (SAM 2 convention)
+    norm = present.sum().clamp(min=1.0)
+    focal_l = (focal.gather(1, best).squeeze(1) * present).sum() / norm
+    dice_l = (dice.gather(1, best).squeeze(1) * present).sum() / norm
+    true_iou = mask_iou(multimask_logits.detach(), tgt)
+    iou_l = (F.l1_loss(ious, true_iou, reduction="none").mean(1) * present).sum() / norm
+    score_l = F.binary_cross_entropy_with_logits(object_score_logits.squeeze(1), present)
+    total = w.focal * focal_l + w.dice * dice_l + w.iou * iou_l + w.object_score * score_l
+    return {"total": total, "focal": focal_l, "dice": dice_l, "iou": iou_l, "object_score": score_l}
