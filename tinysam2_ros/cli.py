@@ -103,6 +103,22 @@ def _cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.trainer import TrainConfig, train
+
+    cfg = TrainConfig(
+        data_root=args.data_root, out_dir=args.out, preset=args.preset, init_checkpoint=args.init,
+        iterations=args.iterations, lr=args.lr, clip_len=args.clip_len, max_objects=args.max_objects,
+        seed=args.seed, device=args.device, time_budget_min=args.time_budget_min, threads=args.threads,
+    )
+    try:
+        train(cfg, memory_overrides=_memory_overrides(args))
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"tinysam2 train: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinysam2", description="TinySAM 2 video object tracking: model checks, tracking, export and ROS 2 node."
@@ -164,6 +180,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=10.0, help="frames per second of --video (default 10)")
     p.add_argument("--loop", action="store_true", help="loop --video forever")
     p.set_defaults(func=_cmd_track)
+
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune a preset on DAVIS-layout videos (TinySAM 2 memory in the loop)",
+        description="Sample short clips, simulate prompts (mask, box, clicks) on their first frame, unroll the tracker "
+        "with the preset's memory (pooling, token selection) and minimise SAM 2's losses (focal + dice, IoU, object "
+        "score). Resumes from OUT/last.pt; writes OUT/train_log.csv and OUT/model.safetensors.",
+    )
+    p.add_argument("data_root", help="directory with JPEGImages/ and Annotations/")
+    p.add_argument("--out", required=True, help="output directory (checkpoints, log, final weights)")
+    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    p.add_argument("--init", help="start from these weights (fine-tuning)")
+    p.add_argument("--iterations", type=int, default=2000, help="training iterations (default 2000)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--clip-len", type=int, default=6, help="frames per clip (default 6)")
+    p.add_argument("--max-objects", type=int, default=3, help="objects per clip (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--time-budget-min", type=float, help="stop and save after this many minutes")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    _add_memory_args(p)
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

@@ -1,0 +1,130 @@
+"""``tinysam2 train``: train or fine-tune a preset on DAVIS-layout videos.
+
+Each iteration samples a clip, unrolls the tracker over it with the memory settings
+of the preset (or the overrides), and takes an AdamW step on SAM 2's losses.
+Resumable: ``<out>/last.pt`` holds model, optimizer and iteration; the sampling
+is derived from (seed, iteration), so a resumed run continues the same sequence.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from ..checkpoint import load_checkpoint
+from ..memory.config import MemoryConfig
+from ..modeling.build import build_model
+from ..modeling.presets import get_preset
+from .data import ClipSampler
+from .losses import LossWeights
+from .unroll import unroll_clip
+
+LOG_FIELDS = ("iteration", "loss", "focal", "dice", "iou", "object_score", "lr", "seconds")
+
+
+@dataclass
+class TrainConfig:
+    data_root: str
+    out_dir: str
+    preset: str = "tiny"
+    init_checkpoint: str | None = None  # fine-tune from these weights
+    iterations: int = 2000
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    clip_len: int = 6
+    max_objects: int = 3
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    time_budget_min: float | None = None  # stop (and save) after this many minutes
+    save_every: int = 100
+    threads: int | None = None
+
+
+def _lr_at(cfg: TrainConfig, it: int) -> float:
+    if it < cfg.warmup:
+        return cfg.lr * (it + 1) / cfg.warmup
+    progress = (it - cfg.warmup) / max(cfg.iterations - cfg.warmup, 1)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def save_weights(model, path: Path, dtype: torch.dtype = torch.float16) -> None:
+    """Deployable weights as safetensors (half precision by default; the loader upcasts)."""
+    sd = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(path))
+
+
+def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> Path:
+    """Run training; returns the path of the final weights (``<out>/model.safetensors``)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    preset = get_preset(cfg.preset)
+    memory = MemoryConfig.from_dict({**preset["memory"], **(memory_overrides or {})})
+    torch.manual_seed(cfg.seed)
+    model = build_model(preset).to(device)
+    if cfg.init_checkpoint:
+        load_checkpoint(model, cfg.init_checkpoint)
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start = 0
+    state_path = out / "last.pt"
+    if state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optimizer"])
+        start = int(state["iteration"])
+        log(f"resuming from {state_path} at iteration {start}")
+    sampler = ClipSampler(cfg.data_root, clip_len=cfg.clip_len, max_objects=cfg.max_objects)
+    weights = LossWeights()
+    log_path = out / "train_log.csv"
+    new_log = not log_path.exists() or start == 0
+    with open(log_path, "w" if new_log else "a", newline="") as fh:
+        writer = csv.writer(fh)
+        if new_log:
+            writer.writerow(LOG_FIELDS)
+            (out / "train_config.json").write_text(
+                __import__("json").dumps({"train": asdict(cfg), "memory": memory.to_dict()}, indent=2))
+        t0 = time.time()
+        model.train()
+        bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="train")
+        it = start
+        for it in bar:
+            rng = np.random.default_rng([cfg.seed, it])
+            clip = sampler.sample(rng)
+            lr = _lr_at(cfg, it)
+            for group in optim.param_groups:
+                group["lr"] = lr
+            losses = unroll_clip(model, clip, memory, weights, device)
+            optim.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optim.step()
+            vals = {k: float(v.detach()) for k, v in losses.items()}
+            writer.writerow([it + 1, f"{vals['total']:.5f}", f"{vals['focal']:.5f}", f"{vals['dice']:.5f}",
+                             f"{vals['iou']:.5f}", f"{vals['object_score']:.5f}", f"{lr:.6f}",
+                             f"{time.time() - t0:.1f}"])
+            bar.set_postfix(loss=f"{vals['total']:.3f}", dice=f"{vals['dice']:.3f}")
+            done = it + 1
+            over_time = cfg.time_budget_min is not None and time.time() - t0 > cfg.time_budget_min * 60
+            if done % cfg.save_every == 0 or done == cfg.iterations or over_time:
+                fh.flush()
+                torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(), "iteration": done},
+                           state_path)
+            if over_time:
+                log(f"time budget of {cfg.time_budget_min} min reached at iteration {done}")
+                break
+    model.eval()
+    final = out / "model.safetensors"
+    save_weights(model, final)
+    log(f"saved {final} ({final.stat().st_size / 1e6:.2f} MB) after {it + 1} iterations")
+    return final

@@ -1,0 +1,105 @@
+"""A differentiable run of the tracker over one clip, with the TinySAM 2 memory.
+
+Frame 0 is decoded from the simulated prompts (no memory); every later frame is
+conditioned on the prompted frame and the previous ``num_slots`` frames through the
+same pooling, token selection and pointer handling the streaming tracker uses
+(``memory/assemble.py``), so the model learns to work with compressed memory.
+All objects of the clip form the batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..memory.assemble import assemble_memory
+from ..memory.compression import TokenLayout, pool_tokens
+from ..memory.config import MemoryConfig
+from ..modeling.sam2_model import HeadOutput, SAM2Model
+from ..tracking.preprocess import preprocess_rgb, scale_points
+from .data import Clip
+from .losses import LossWeights, frame_loss
+
+
+def _layout(model: SAM2Model) -> TokenLayout:
+    sp = model.spatial_perceiver
+    if sp is not None:
+        side = int(round(sp.num_latents_2d ** 0.5))
+        return TokenLayout(sp.num_latents, side, side)
+    return TokenLayout(0, model.feat_size, model.feat_size)
+
+
+def _cat_heads(outs: list[HeadOutput]) -> HeadOutput:
+    return HeadOutput(*[torch.cat([getattr(o, f) for o in outs], 0) for f in HeadOutput.__dataclass_fields__])
+
+
+def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: LossWeights,
+                device: torch.device) -> dict[str, torch.Tensor]:
+    """Mean losses over the clip's frames (and objects), with gradients."""
+    t_len, h, w = clip.frames.shape[:3]
+    size, low = model.image_size, model.low_res_size
+    images = torch.cat([preprocess_rgb(f, size) for f in clip.frames]).to(device)
+    feats = model.encode_image(images)
+    targets = torch.from_numpy(clip.masks.astype(np.float32)).to(device)  # T x O x H x W
+    targets_low = (F.interpolate(targets, size=(low, low), mode="area") > 0.5).float()
+    n_obj = targets.shape[1]
+    layout = _layout(model)
+    factor = memory.pool_factor if memory.compressed else 1
+    const = model.constants()
+    _, mem_pos, mem_coords, _ = pool_tokens(const["memory_pos"][None], const["memory_pos"][None],
+                                            const["memory_coords"], layout, factor)
+    mem_pos = mem_pos[0]
+
+    def frame_feats(t: int):
+        return (feats.pix_feat[t : t + 1].expand(n_obj, -1, -1, -1),
+                [x[t : t + 1].expand(n_obj, -1, -1, -1) for x in feats.high_res])
+
+    # frame 0: from the prompts alone (each object separately: prompts differ in length)
+    pix0, hr0 = frame_feats(0)
+    outs = []
+    for k, p in enumerate(clip.prompts):
+        if p.kind == "mask":
+            m = torch.from_numpy(p.mask.astype(np.float32))[None, None].to(device)
+            m = (F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False) >= 0.5).float()
+            outs.append(model.mask_as_output(pix0[k : k + 1], [x[k : k + 1] for x in hr0], m))
+        else:
+            coords = torch.from_numpy(scale_points(p.points, (h, w), size))[None].to(device)
+            labels = torch.from_numpy(p.labels)[None].to(device)
+            pix = model.condition_without_memory(pix0[k : k + 1])
+            outs.append(model.forward_heads(pix, [x[k : k + 1] for x in hr0], coords, labels, None,
+                                            model.use_multimask(True, len(p.labels))))
+    losses = []
+    decoded = [k for k, p in enumerate(clip.prompts) if p.kind != "mask"]
+    for k in decoded:  # a mask prompt is its own output: nothing to learn on frame 0
+        o = outs[k]
+        losses.append(frame_loss(o.low_res_multimasks, o.ious, o.object_score_logits, targets_low[0, k : k + 1, None],
+                                 weights))
+    out = _cat_heads([HeadOutput(o.low_res_masks, o.best_iou[:, None], o.low_res_masks, o.high_res_masks, o.obj_ptr,
+                                 o.object_score_logits, o.best_iou) for o in outs])
+    memories = [_encode(model, pix0, out, layout, factor)]
+    pointers = [out.obj_ptr]
+
+    for t in range(1, t_len):
+        pix, hr = frame_feats(t)
+        frames = [(0, memories[0])] + [(t - f, memories[f]) for f in range(max(1, t - memory.num_slots), t)]
+        stacked = torch.stack([m for _, m in frames], dim=1)
+        t_rels = torch.tensor([r for r, _ in frames], device=device).expand(n_obj, -1)
+        offsets = [t] + list(range(1, t))  # prompted frame, then the previous frames
+        ptrs = torch.stack([pointers[0]] + [pointers[t - d] for d in range(1, t)], dim=1)
+        budget = memory.token_budget if memory.compressed else 0
+        mem, mpos, coords, n_ptr = assemble_memory(model, stacked, t_rels, mem_pos, mem_coords, budget,
+                                                   memory.similarity, ptrs, offsets[: ptrs.shape[1]],
+                                                   model.max_obj_ptrs_in_encoder)
+        cond = model.condition_on_memory(pix, mem, mpos, n_ptr, memory_coords=coords)
+        o = model.forward_heads(cond, hr, multimask_output=model.use_multimask(False, 0))
+        losses.append(frame_loss(o.low_res_multimasks, o.ious, o.object_score_logits, targets_low[t][:, None], weights))
+        memories.append(_encode(model, pix, o, layout, factor))
+        pointers.append(o.obj_ptr)
+    keys = losses[0].keys()
+    return {k: torch.stack([l[k] for l in losses]).mean() for k in keys}
+
+
+def _encode(model: SAM2Model, pix: torch.Tensor, out: HeadOutput, layout: TokenLayout, factor: int) -> torch.Tensor:
+    mem = model.encode_memory(pix, out.high_res_masks, out.object_score_logits, is_mask_from_pts=False)
+    tokens, _, _, _ = pool_tokens(mem.features, mem.features, mem.coords, layout, factor)
+    return tokens
