@@ -10,7 +10,7 @@ setup(
     version="0.1.0",
     description="TinySAM 2 promptable video object tracking as a ROS 2 node",
     packages=find_packages(include=["tinysam2_ros", "tinysam2_ros.*"]),
-    package_data={"tinysam2_ros": ["presets/*.json", "data/*"]},
+    package_data={"tinysam2_ros.backends": ["tensorrt_onnx_ops.txt"]},
     python_requires=">=3.10",
     install_requires=["numpy", "torch", "opencv-python-headless", "pillow", "safetensors", "tqdm"],
     extras_require={"export": ["onnx", "onnxruntime"], "test": ["pytest"]},

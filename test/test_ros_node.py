@@ -352,8 +352,9 @@ def test_launch_file_refers_to_what_the_package_installs():
 def test_parameter_file_matches_the_node(ros):
     import yaml
 
-    from tinysam2_ros.ros.params import SPECS
+    from tinysam2_ros.ros.params import SPECS, yaml_text
 
+    assert (REPO / "config" / "tracker.yaml").read_text() == yaml_text(), "regenerate config/tracker.yaml"
     data = yaml.safe_load((REPO / "config" / "tracker.yaml").read_text())
     params = data["/**"]["ros__parameters"]
     assert set(params) == set(SPECS)

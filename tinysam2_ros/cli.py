@@ -12,8 +12,8 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
         lowres_logits=args.tol_logits, object_score=args.tol_score, iou_pred=args.tol_iou_pred, mask_iou=args.min_mask_iou
     )
     try:
-        ok = run_fidelity(args.fixture_dir, tol, device=args.device)
-    except (FileNotFoundError, ValueError) as exc:
+        ok = run_fidelity(args.fixture_dir, tol, device=args.device, backend=args.backend, engine_dir=args.engine_dir)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"tinysam2 fidelity: {exc}", file=sys.stderr)
         return 2
     return 0 if ok else 1
@@ -38,6 +38,12 @@ def _add_memory_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-recent", type=int, help="newest frames kept regardless of quality")
 
 
+def _add_backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
+                   help="stage runner (default torch; onnxruntime exports the model first unless --engine-dir)")
+    p.add_argument("--engine-dir", help="directory from `tinysam2 export` / `tinysam2 build-engine`")
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.run_eval import run_eval, write_json
 
@@ -45,9 +51,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         out = run_eval(
             args.data_root, preset=args.preset, checkpoint=args.checkpoint, memory_overrides=_memory_overrides(args),
             prompt=args.prompt, sequences=args.sequences.split(",") if args.sequences else None,
-            max_frames=args.max_frames, device=args.device,
+            max_frames=args.max_frames, device=args.device, backend=args.backend, engine_dir=args.engine_dir,
         )
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"tinysam2 eval: {exc}", file=sys.stderr)
         return 2
     if args.json:
@@ -119,6 +125,66 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_MODEL = "models/demo_tiny.safetensors"
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: the ROS node on a (generated or given) video, with a report."""
+    from pathlib import Path
+
+
+    from .ros.demo import load_davis_sequence, run_demo
+
+    out = Path(args.out)
+    repo = Path(__file__).resolve().parents[1]
+    checkpoint = args.checkpoint or (str(repo / DEMO_MODEL) if args.preset == "tiny" else None)
+    if checkpoint and not Path(checkpoint).is_file():
+        print(f"tinysam2 demo: checkpoint {checkpoint} not found", file=sys.stderr)
+        return 2
+    if args.video:
+        from .ros.video_source import FrameReader
+
+        if not args.box:
+            print("tinysam2 demo: --video needs --box x1,y1,x2,y2 on the first frame", file=sys.stderr)
+            return 2
+        reader = FrameReader(args.video)
+        frames = []
+        while len(frames) < args.frames and (f := reader.read()) is not None:
+            frames.append(f)
+        prompts = {1: {"box": [float(v) for v in args.box.split(",")]}}
+        gt = None
+        source = args.video
+    else:
+        root = Path(args.data) if args.data else out / "data"
+        seq = args.sequence
+        if not args.data:
+            from .evaluation.synth import SynthConfig, generate_sequence
+
+            seq = f"heldout{args.seed:05d}"
+            generate_sequence(root, seq, SynthConfig(num_frames=args.frames, seed=args.seed,
+                                                     size=tuple(int(v) for v in args.size.split("x"))))
+        if not seq:
+            print("tinysam2 demo: --data needs --sequence", file=sys.stderr)
+            return 2
+        frames, prompts, gt = load_davis_sequence(root, seq)
+        frames = frames[: args.frames]
+        gt = {i: g for i, g in gt.items() if i < len(frames)}
+        source = f"{root}/{seq}"
+    params = {f"memory.{k}": v for k, v in _memory_overrides(args).items()}
+    params["device"] = args.device
+    print(f"demo: {len(frames)} frames of {source}, preset {args.preset}, weights {checkpoint or 'random'}")
+    res = run_demo(frames, prompts, gt, out, args.preset, checkpoint, params=params)
+    print(f"overlay video: {res.overlay_path}")
+    if res.jf:
+        print(f"J&F {res.jf['JF']:.3f} (J {res.jf['J']:.3f}, F {res.jf['F']:.3f}) over {res.jf['objects']} object(s)")
+    from .modeling.presets import SAM21_MEMORY_TOKENS
+
+    print(f"memory tokens per object per frame: {res.memory_tokens:.0f} "
+          f"({100 * res.memory_tokens / SAM21_MEMORY_TOKENS:.2f}% of SAM 2.1's {SAM21_MEMORY_TOKENS})")
+    print(f"ms per frame (end to end through ROS, {args.device}): {res.ms_per_frame:.1f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinysam2", description="TinySAM 2 video object tracking: model checks, tracking, export and ROS 2 node."
@@ -138,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol-score", type=float, default=1e-3, help="max |diff| of object score logits (default 1e-3)")
     p.add_argument("--tol-iou-pred", type=float, default=1e-3, help="max |diff| of predicted IoUs (default 1e-3)")
     p.add_argument("--min-mask-iou", type=float, default=0.995, help="min IoU of final masks (default 0.995)")
+    _add_backend_args(p)
     p.set_defaults(func=_cmd_fidelity)
 
     p = sub.add_parser(
@@ -145,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the tracker over DAVIS-layout videos: J&F, memory tokens and bytes, ms per stage",
         description="Prompt each object on its first annotated frame (mask, box from the mask, or a point inside it), "
         "track to the end and print per sequence and overall: J&F (DAVIS definitions), spatial memory tokens per "
-        "object per frame and as a %% of SAM 2.1's 7x4096, memory bytes per object, and ms per frame per stage.",
+        "object per frame and as a % of SAM 2.1's 7x4096, memory bytes per object, and ms per frame per stage.",
     )
     p.add_argument("data_root", help="directory with JPEGImages/<seq>/*.jpg and Annotations/<seq>/*.png")
     p.add_argument("--preset", default="tinysam2", help="model preset (default: tinysam2)")
@@ -155,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="only the first N frames of each sequence")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--json", help="also write the results to this JSON file")
+    _add_backend_args(p)
     _add_memory_args(p)
     p.set_defaults(func=_cmd_eval)
 
@@ -202,6 +270,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     _add_memory_args(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "demo",
+        help="the main job: run the ROS node on a video with the demo model; overlay video, J&F, tokens, ms",
+        description="Generate a held-out synthetic video (or take --data/--sequence, or --video with --box), start "
+        "tracker_node, play the frames on its image topic, prompt the objects of the first annotated frame through "
+        "its add_prompts service, collect tracks from ROS topics, write OUT/overlay.mp4 and print J&F, memory tokens "
+        "and ms per frame.",
+    )
+    p.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
+    p.add_argument("--preset", default="tiny", help="model preset (default: tiny, the demo model)")
+    p.add_argument("--checkpoint", help=f"weights (default for preset tiny: {DEMO_MODEL})")
+    p.add_argument("--data", help="DAVIS-layout root to take the sequence from instead of generating one")
+    p.add_argument("--sequence", help="sequence name under --data")
+    p.add_argument("--video", help="a video file, camera index or image folder (needs --box)")
+    p.add_argument("--box", help="x1,y1,x2,y2 of the object on the first frame of --video")
+    p.add_argument("--frames", type=int, default=50, help="frames to run (default 50)")
+    p.add_argument("--size", default="256x256", help="HxW of the generated video (default 256x256)")
+    p.add_argument("--seed", type=int, default=1000, help="seed of the generated video (default 1000, held out)")
+    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    _add_memory_args(p)
+    p.set_defaults(func=_cmd_demo)
+
+    from .backends.backend_cli import add_export_parser
+    from .backends.engine_cli import add_build_engine_parser
+
+    from .evaluation.synth_cli import add_synth_parser
+
+    add_export_parser(sub)
+    add_build_engine_parser(sub)
+    add_synth_parser(sub)
     return parser
 
 

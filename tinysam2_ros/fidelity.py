@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .backends import attach_backend
 from .checkpoint import load_checkpoint
 from .modeling.build import build_model
 from .tracking.preprocess import preprocess_rgb
@@ -66,7 +67,8 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def run_fidelity(fixture_dir: str | Path, tol: Tolerances | None = None, device: str = "cpu", log=print) -> bool:
+def run_fidelity(fixture_dir: str | Path, tol: Tolerances | None = None, device: str = "cpu", log=print,
+                 backend: str = "torch", engine_dir: str | None = None) -> bool:
     """Run the check, print a table, return True when every comparison is within tolerance."""
     tol = tol or Tolerances()
     fixture_dir = Path(fixture_dir)
@@ -75,7 +77,8 @@ def run_fidelity(fixture_dir: str | Path, tol: Tolerances | None = None, device:
     ckpt = fixture_dir / spec.get("checkpoint", "checkpoint_fp16.pt")
     model = build_model(spec["preset"]).to(device)
     report = load_checkpoint(model, ckpt)
-    log(f"preset {spec['preset']}: {report.loaded} tensors from {ckpt.name}")
+    log(f"preset {spec['preset']}: {report.loaded} tensors from {ckpt.name}, backend {backend}")
+    attach_backend(model, backend, spec["preset"], engine_dir, device=device, memory={"compression": "off"}, log=log)
 
     n_frames = int(spec["frames"])
     obj_ids = sorted({int(p["obj_id"]) for p in spec["prompts"]})

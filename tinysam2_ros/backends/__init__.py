@@ -38,12 +38,38 @@ def make_backend(name: str, model, engine_dir=None, device: str = "cpu", dtype: 
         from .torch_backend import TorchBackend
 
         return TorchBackend(model, dtype=dtype)
+    if name in ("onnxruntime", "tensorrt") and not engine_dir:
+        raise BackendError(f"the {name} backend needs engine_dir (made by `tinysam2 export`"
+                           f"{' and `tinysam2 build-engine`' if name == 'tensorrt' else ''})")
     if name == "onnxruntime":
         from .onnxruntime_backend import OrtBackend
 
-        return OrtBackend(engine_dir, device=device)
+        backend = OrtBackend(engine_dir, device=device)
+        backend.check_model(model)
+        return backend
     if name == "tensorrt":
         from .tensorrt_backend import TrtBackend
 
-        return TrtBackend(engine_dir, device=device)
+        backend = TrtBackend(engine_dir, device=device)
+        backend.check_model(model)
+        return backend
     raise BackendError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def attach_backend(model, name: str, preset_name: str, engine_dir=None, device: str = "cpu", memory=None, log=print):
+    """Run ``model``'s stages with backend ``name``. For onnxruntime without an
+    ``engine_dir``, the model is exported first (to a temporary directory)."""
+    if name == "torch":
+        model.set_backend(None)
+        return model.backend
+    if name == "onnxruntime" and not engine_dir:
+        import tempfile
+
+        from .onnx_export import export_stages
+
+        engine_dir = tempfile.mkdtemp(prefix="tinysam2_onnx_")
+        log(f"exporting {preset_name} to {engine_dir} for onnxruntime")
+        export_stages(model, engine_dir, preset_name, memory=memory)
+    backend = make_backend(name, model, engine_dir, device=device)
+    model.set_backend(backend)
+    return backend

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from ..backends import attach_backend
 from ..checkpoint import load_checkpoint
 from ..modeling.build import build_model
 from ..modeling.presets import SAM21_MEMORY_TOKENS, get_preset
@@ -108,6 +109,8 @@ def run_eval(
     device: str = "cpu",
     seed: int = 0,
     log=print,
+    backend: str = "torch",
+    engine_dir: str | None = None,
 ) -> dict:
     """Evaluate and print a table; returns the same numbers as a dict (for ``--json``)."""
     root = Path(root)
@@ -124,6 +127,7 @@ def run_eval(
     else:
         log(f"warning: no checkpoint given, {preset} runs with random weights (numbers are meaningless for quality)")
     config = TrackerConfig.from_preset(preset_dict, memory_overrides)
+    attach_backend(model, backend, preset, engine_dir, device=device, memory=config.memory.to_dict(), log=log)
     tracker = Tracker(model, config, device=device)
     reports = [evaluate_sequence_with_tracker(tracker, root, s, prompt, max_frames) for s in tqdm(seqs, desc="eval", leave=False)]
 
@@ -135,6 +139,7 @@ def run_eval(
     out = {
         "preset": preset,
         "checkpoint": str(checkpoint) if checkpoint else None,
+        "backend": backend,
         "memory": config.memory.to_dict(),
         "prompt": prompt,
         "sequences": rows,

@@ -56,6 +56,7 @@ def build_model(preset: str | Preset) -> SAM2Model:
         iou_head_hidden_dim=hidden,
         use_high_res_features=True,
         iou_prediction_use_sigmoid=trk["iou_prediction_use_sigmoid"],
+        dynamic_multimask_via_stability=trk.get("dynamic_multimask_via_stability", True),
         pred_obj_scores=trk["pred_obj_scores"],
         pred_obj_scores_mlp=trk["pred_obj_scores_mlp"],
         use_multimask_token_for_obj_ptr=trk["use_multimask_token_for_obj_ptr"],

@@ -39,6 +39,7 @@ _SAM2_TRACKING = {
     "pred_obj_scores_mlp": True,
     "fixed_no_obj_ptr": True,
     "only_obj_ptrs_in_the_past_for_eval": True,
+    "dynamic_multimask_via_stability": True,  # SAM 2 video predictor's post-processing default
 }
 
 # Memory handling of the streaming tracker; "off" (no compression) everywhere but
@@ -124,8 +125,12 @@ PRESETS["tiny"] = {
              "fpn_interp_model": "nearest", "fuse_type": "sum", "scalp": 1},
     "memory_attention": {"num_layers": 1, "dim_feedforward": 256, "rope_theta": 10000.0},
     "spatial_perceiver": None,
+    # SAM 2's inference-time fallback from an unstable single mask to a multimask output
+    # is off: a briefly trained model's single masks are rarely "stable", and its training
+    # (like SAM 2's) never selects that way, so the fallback would pick untrained outputs.
     "tracking": {**_SAM2_TRACKING, "add_tpos_enc_to_obj_ptrs": True, "proj_tpos_enc_in_obj_ptrs": True,
-                 "use_signed_tpos_enc_to_obj_ptrs": True, "no_obj_embed_spatial": True},
+                 "use_signed_tpos_enc_to_obj_ptrs": True, "no_obj_embed_spatial": True,
+                 "dynamic_multimask_via_stability": False},
     # 16x16 memory grid: pool 2 -> 64 tokens/frame, budget 256
     "memory": {**TINYSAM2_MEMORY, "token_budget": 256},
 }

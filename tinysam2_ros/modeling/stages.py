@@ -100,11 +100,10 @@ class MemoryEncoderStage(nn.Module):
 
 
 def build_stages(model) -> dict[str, nn.Module]:
-    """The stage modules of ``model`` (sharing its parameters), in eval mode."""
-    stages = {
+    """The stage modules of ``model``, sharing its parameters (and its train/eval mode)."""
+    return {
         "image_encoder": ImageEncoderStage(model),
         "mask_decoder": MaskDecoderStage(model),
         "memory_attention": MemoryAttentionStage(model),
         "memory_encoder": MemoryEncoderStage(model),
     }
-    return {k: v.eval() for k, v in stages.items()}

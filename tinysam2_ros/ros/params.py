@@ -24,7 +24,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     # model and backend (take effect on configure)
     ParamSpec("preset", "tinysam2", "model preset (edgetam, sam2.1_hiera_t/s/b+/l, tinysam2, tiny)"),
     ParamSpec("checkpoint", "", "checkpoint file (.pt/.safetensors); empty = random weights (testing only)"),
-    ParamSpec("backend", "torch", "inference backend", choices=("torch",)),
+    ParamSpec("backend", "torch", "inference backend", choices=("torch", "onnxruntime", "tensorrt")),
+    ParamSpec("engine_dir", "", "exported graphs / TensorRT engines (tinysam2 export / build-engine) for "
+              "the onnxruntime and tensorrt backends"),
     ParamSpec("device", "cpu", "torch device, e.g. cpu or cuda:0"),
     ParamSpec("autostart", True, "configure and activate on start-up (no lifecycle manager needed)"),
     # inputs
@@ -87,3 +89,18 @@ def memory_overrides(values: dict[str, Any]) -> dict[str, Any]:
         if name.startswith(MEMORY_PREFIX) and value not in ("", -1, -1.0):
             out[name[len(MEMORY_PREFIX):]] = value
     return out
+
+
+def yaml_text() -> str:
+    """``config/tracker.yaml`` as it should read (the test keeps the file in sync)."""
+    lines = [
+        "# Parameters of tracker_node (defaults; ranges and checks in tinysam2_ros/ros/params.py).",
+        "# '' and -1 under memory.* mean: use the preset's value. [configure] = set before configure.",
+        "/**:",
+        "  ros__parameters:",
+    ]
+    for p in PARAMS:
+        v = p.default
+        text = f'"{v}"' if isinstance(v, str) else (str(v).lower() if isinstance(v, bool) else repr(v))
+        lines.append(f"    {p.name}: {text}  # {p.description}{'' if p.live else ' [configure]'}")
+    return "\n".join(lines) + "\n"

@@ -116,6 +116,7 @@ class TrackerNode(LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        from ..backends import make_backend
         from ..checkpoint import CheckpointError, load_checkpoint
         from ..modeling.build import build_model
         from ..modeling.presets import get_preset
@@ -133,8 +134,10 @@ class TrackerNode(LifecycleNode):
                 preset, memory_overrides(v), feature_window=v["feature_window"], lost_after=v["lost_after"],
                 stamp_tolerance=v["stamp_tolerance"],
             )
+            if v["backend"] != "torch":
+                model.set_backend(make_backend(v["backend"], model, v["engine_dir"] or None, device=v["device"]))
             tracker = Tracker(model, config, device=v["device"])
-        except (KeyError, ValueError, CheckpointError, RuntimeError) as exc:
+        except (KeyError, ValueError, CheckpointError, RuntimeError) as exc:  # BackendError is a RuntimeError
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
         self.session = TrackingSession(tracker, max_objects=v["max_objects"])

@@ -47,6 +47,34 @@ class TrainConfig:
     time_budget_min: float | None = None  # stop (and save) after this many minutes
     save_every: int = 100
     threads: int | None = None
+    freeze_bn: bool | None = None  # keep BatchNorm statistics fixed (default: when fine-tuning)
+    bn_recalibration_clips: int = 64  # clips used to re-estimate BatchNorm statistics at the end
+
+
+def _batchnorms(model) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model, sampler: ClipSampler, clips: int, seed: int, device) -> None:
+    """Re-estimate BatchNorm statistics with the final weights (a cumulative average over
+    ``clips`` training clips): running averages taken while the weights moved lag behind."""
+    from ..tracking.preprocess import preprocess_rgb
+
+    bns = _batchnorms(model)
+    if not bns or clips <= 0:
+        return
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    for i in range(clips):
+        clip = sampler.sample(np.random.default_rng([seed, 10**9 + i]))
+        images = torch.cat([preprocess_rgb(f, model.image_size) for f in clip.frames]).to(device)
+        model.image_encoder(images)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
 
 
 def _lr_at(cfg: TrainConfig, it: int) -> float:
@@ -96,6 +124,10 @@ def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> 
                 __import__("json").dumps({"train": asdict(cfg), "memory": memory.to_dict()}, indent=2))
         t0 = time.time()
         model.train()
+        freeze_bn = cfg.freeze_bn if cfg.freeze_bn is not None else bool(cfg.init_checkpoint)
+        if freeze_bn:
+            for bn in _batchnorms(model):
+                bn.eval()
         bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="train")
         it = start
         for it in bar:
@@ -123,6 +155,8 @@ def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> 
             if over_time:
                 log(f"time budget of {cfg.time_budget_min} min reached at iteration {done}")
                 break
+    if not freeze_bn:
+        recalibrate_batchnorm(model, sampler, cfg.bn_recalibration_clips, cfg.seed, device)
     model.eval()
     final = out / "model.safetensors"
     save_weights(model, final)

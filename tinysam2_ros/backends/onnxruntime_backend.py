@@ -1,0 +1,133 @@
+"""The onnxruntime backend: the exported stage graphs (``tinysam2 export``) in onnxruntime.
+
+``OrtBackend(engine_dir, device)`` opens one ``InferenceSession`` per stage from the
+export directory's manifest (checked: files present, sha256, input names and
+dtypes). Providers follow ``device`` and what the installed onnxruntime offers:
+``cuda`` -> TensorRT EP (when present), CUDA EP, CPU fallback for unsupported
+nodes; ``cpu`` -> CPU EP. Asking for ``cuda`` from a build without the CUDA
+provider (the ``onnxruntime`` wheel is CPU-only; ``onnxruntime-gpu`` has it) is a
+``BackendError``.
+
+Stage methods take and return torch tensors (float32, ``point_labels`` int32) on
+the caller's device; data crosses to onnxruntime through host numpy arrays.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import BackendError
+from .onnx_export import INPUT_NAMES, OUTPUT_NAMES, _NP_DTYPES, load_manifest
+
+_ORT_TYPES = {"float32": "tensor(float)", "int32": "tensor(int32)", "float16": "tensor(float16)",
+              "int64": "tensor(int64)", "bool": "tensor(bool)"}
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise BackendError(
+            "the onnxruntime backend needs the onnxruntime package: pip install onnxruntime "
+            "(CPU) or pip install onnxruntime-gpu (CUDA / TensorRT execution providers)"
+        ) from exc
+    return ort
+
+
+def choose_providers(device: str, available: list[str]) -> list:
+    """Execution providers for ``device`` ("cpu", "cuda", "cuda:N") from ``available``."""
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return ["CPUExecutionProvider"]
+    if dev.type != "cuda":
+        raise BackendError(f"the onnxruntime backend runs on cpu or cuda, not {device!r}")
+    if "CUDAExecutionProvider" not in available:
+        raise BackendError(
+            f"device {device!r} needs onnxruntime's CUDAExecutionProvider, but this onnxruntime build only "
+            f"offers {', '.join(available) or 'no providers'}; install onnxruntime-gpu (and uninstall the "
+            "CPU-only onnxruntime wheel) or use device cpu"
+        )
+    index = dev.index or 0
+    providers: list = []
+    if "TensorrtExecutionProvider" in available:
+        providers.append(("TensorrtExecutionProvider", {"device_id": index}))
+    providers.append(("CUDAExecutionProvider", {"device_id": index}))
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+class OrtBackend:
+    """Runs the four exported stages with onnxruntime."""
+
+    name = "onnxruntime"
+
+    def __init__(self, engine_dir, device: str = "cpu", threads: int | None = None) -> None:
+        ort = _import_ort()
+        if engine_dir is None:
+            raise BackendError("the onnxruntime backend needs engine_dir: a directory written by `tinysam2 export`")
+        self.engine_dir = Path(engine_dir)
+        self.manifest = load_manifest(self.engine_dir)
+        self.device = torch.device(device)
+        self.providers = choose_providers(device, list(ort.get_available_providers()))
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        self.sessions = {}
+        self._dtypes: dict[str, dict[str, np.dtype]] = {}
+        for name, entry in self.manifest["stages"].items():
+            path = self.engine_dir / entry["file"]
+            try:
+                sess = ort.InferenceSession(str(path), opts, providers=self.providers)
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise BackendError(f"onnxruntime cannot load {path}: {exc}") from exc
+            self._validate(name, entry, sess)
+            self.sessions[name] = sess
+            self._dtypes[name] = {spec["name"]: _NP_DTYPES[spec["dtype"]] for spec in entry["inputs"]}
+
+    @staticmethod
+    def _validate(stage: str, entry: dict, sess) -> None:
+        got = [(i.name, i.type) for i in sess.get_inputs()]
+        want = [(s["name"], _ORT_TYPES[s["dtype"]]) for s in entry["inputs"]]
+        if [g[0] for g in got] != INPUT_NAMES[stage] or got != want:
+            raise BackendError(
+                f"{entry['file']} does not match the {stage} contract: graph inputs {got}, manifest {want}; "
+                "re-run `tinysam2 export`"
+            )
+        outs = [o.name for o in sess.get_outputs()]
+        if outs != OUTPUT_NAMES[stage]:
+            raise BackendError(f"{entry['file']}: graph outputs {outs}, expected {OUTPUT_NAMES[stage]}")
+
+    def check_model(self, model) -> None:
+        """Raise ``BackendError`` when ``model``'s geometry differs from the exported one."""
+        for key in ("image_size", "hidden_dim", "mem_dim"):
+            if int(getattr(model, key)) != int(self.manifest[key]):
+                raise BackendError(
+                    f"{self.engine_dir} was exported for {key}={self.manifest[key]} (preset "
+                    f"{self.manifest['preset']!r}), the model has {key}={getattr(model, key)}"
+                )
+
+    def _run(self, stage: str, *args: torch.Tensor):
+        dtypes = self._dtypes[stage]
+        feeds = {}
+        for name, t in zip(INPUT_NAMES[stage], args):
+            arr = t.detach().to("cpu").numpy() if torch.is_tensor(t) else np.asarray(t)
+            feeds[name] = np.ascontiguousarray(arr, dtype=dtypes[name])
+        outs = self.sessions[stage].run(None, feeds)
+        device = args[0].device if torch.is_tensor(args[0]) else self.device
+        return tuple(torch.from_numpy(o).to(device) for o in outs)
+
+    def image_encoder(self, images):
+        return self._run("image_encoder", images)
+
+    def mask_decoder(self, pix_feat, high_res_0, high_res_1, point_coords, point_labels, mask_input, has_mask_input):
+        return self._run("mask_decoder", pix_feat, high_res_0, high_res_1, point_coords, point_labels, mask_input,
+                         has_mask_input)
+
+    def memory_attention(self, pix_feat, memory, memory_pos, memory_coords):
+        return self._run("memory_attention", pix_feat, memory, memory_pos, memory_coords)[0]
+
+    def memory_encoder(self, pix_feat, mask_for_mem, object_score_logits):
+        return self._run("memory_encoder", pix_feat, mask_for_mem, object_score_logits)[0]

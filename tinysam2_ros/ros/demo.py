@@ -1,0 +1,191 @@
+"""``tinysam2 demo``: the real ROS node on a video, end to end, with a report.
+
+A driver node plays the video frame by frame on the ``image`` topic (the next frame
+goes out when the node's tracks for the previous one have arrived, so every frame is
+tracked and the run is reproducible), prompts the objects of the first annotated
+frame through the node's ``add_prompts`` service, rebuilds full masks from the
+``tracks`` messages, writes the ``overlay`` images to a video, and finally prints
+J&F (when annotations exist), memory tokens per object and milliseconds per frame.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+import rclpy.executors
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from ..evaluation.davis import annotation_paths, first_annotations, load_annotation, mask_to_box
+from ..evaluation.metrics import j_and_f, summarize
+from ..msg import Prompt, TrackArray
+from ..srv import AddPrompts
+from .image_codec import image_msg_to_rgb, rgb_to_image_msg
+from .tracker_node import TrackerNode
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+@dataclass
+class DemoResult:
+    frames: int = 0
+    jf: dict = field(default_factory=dict)  # overall J, F, JF (when annotated)
+    per_object: dict = field(default_factory=dict)
+    memory_tokens: float = 0.0
+    ms_per_frame: float = 0.0
+    overlay_path: Path | None = None
+
+
+class DemoDriver(Node):
+    """Plays frames in lock-step with the tracker and records what comes back."""
+
+    def __init__(self, frames: list[np.ndarray], namespace: str = "") -> None:
+        super().__init__("tinysam2_demo", namespace=namespace)
+        self.frames = frames
+        self.pub = self.create_publisher(Image, "image", qos_profile_sensor_data)
+        self.tracks: dict[int, TrackArray] = {}
+        self.overlays: dict[int, np.ndarray] = {}
+        self._stamp_to_idx: dict[tuple[int, int], int] = {}
+        self.create_subscription(TrackArray, "tracks", self._on_tracks, RELIABLE)
+        self.create_subscription(Image, "overlay", self._on_overlay, RELIABLE)
+        self.add = self.create_client(AddPrompts, "tracker_node/add_prompts")
+
+    def _idx(self, header) -> int | None:
+        return self._stamp_to_idx.get((header.stamp.sec, header.stamp.nanosec))
+
+    def _on_tracks(self, msg: TrackArray) -> None:
+        i = self._idx(msg.header)
+        if i is not None:
+            self.tracks[i] = msg
+
+    def _on_overlay(self, msg: Image) -> None:
+        i = self._idx(msg.header)
+        if i is not None:
+            self.overlays[i] = image_msg_to_rgb(msg)
+
+    def publish(self, i: int) -> None:
+        header = Header(frame_id="demo_camera")
+        header.stamp = self.get_clock().now().to_msg()
+        self._stamp_to_idx[(header.stamp.sec, header.stamp.nanosec)] = i
+        self.pub.publish(rgb_to_image_msg(self.frames[i], header, encoding="bgr8"))
+
+
+def _full_mask(track, shape) -> np.ndarray:
+    out = np.zeros(shape, dtype=bool)
+    m = track.mask
+    if m.width and m.height:
+        crop = np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.step)[:, : m.width] > 0
+        x, y = track.box.x_offset, track.box.y_offset
+        out[y : y + m.height, x : x + m.width] = crop
+    return out
+
+
+def _wait(executor, predicate, timeout: float) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        executor.spin_once(timeout_sec=0.02)
+        if predicate():
+            return True
+    return False
+
+
+def run_demo(
+    frames: list[np.ndarray],
+    prompts: dict[int, dict],  # obj_id -> {"box": [...]} or {"points": [[x, y]], "labels": [1]} on frame 0
+    gt: dict[int, np.ndarray] | None,  # frame index -> id map (uint8), optional
+    out_dir: Path,
+    preset: str,
+    checkpoint: str | None,
+    params: dict | None = None,
+    log=print,
+) -> DemoResult:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    overrides = {"preset": preset, "checkpoint": checkpoint or "", "image_qos": "reliable", **(params or {})}
+    own_context = not rclpy.ok()
+    if own_context:
+        rclpy.init()
+    node = TrackerNode(parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    if node.session is None:
+        raise RuntimeError("tracker_node failed to configure (see the log above)")
+    driver = DemoDriver(frames)
+    executor = rclpy.executors.MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    executor.add_node(driver)
+    result = DemoResult()
+    try:
+        if not driver.add.wait_for_service(timeout_sec=10.0):
+            raise RuntimeError("add_prompts service did not appear")
+        t_start = time.time()
+        for i in range(len(frames)):
+            driver.publish(i)
+            if not _wait(executor, lambda: i in driver.tracks, timeout=120.0):
+                raise RuntimeError(f"no tracks for frame {i} within 120 s")
+            if i == 0:
+                req = AddPrompts.Request()
+                for oid, p in sorted(prompts.items()):
+                    msg = Prompt(obj_id=oid, label=f"object {oid}", action=Prompt.ACTION_ADD)
+                    if "box" in p:
+                        msg.has_box = True
+                        msg.box_xyxy = [float(v) for v in p["box"]]
+                    else:
+                        from geometry_msgs.msg import Point
+
+                        msg.points = [Point(x=float(x), y=float(y)) for x, y in p["points"]]
+                        msg.point_labels = [int(v) for v in p["labels"]]
+                    req.prompts.append(msg)
+                future = driver.add.call_async(req)
+                _wait(executor, future.done, timeout=120.0)
+                res = future.result()
+                if res is None or not res.success:
+                    raise RuntimeError(f"prompts refused: {None if res is None else res.message}")
+                log(f"prompted {len(res.obj_ids)} object(s) on frame 0 (first masks found: {list(res.found)})")
+        elapsed = time.time() - t_start
+        _wait(executor, lambda: len(driver.overlays) >= len(frames) - 1, timeout=5.0)
+    finally:
+        executor.shutdown(timeout_sec=2.0)
+        node.on_shutdown(None)
+        node.destroy_node()
+        driver.destroy_node()
+        if own_context:
+            rclpy.try_shutdown()
+
+    h, w = frames[0].shape[:2]
+    result.frames = len(frames)
+    result.ms_per_frame = 1e3 * elapsed / len(frames)
+    tokens = [t.memory_tokens for i, m in driver.tracks.items() if i > 0 for t in m.tracks]
+    result.memory_tokens = float(np.mean(tokens)) if tokens else 0.0
+    preds = {oid: [np.zeros((h, w), bool)] * len(frames) for oid in prompts}
+    for i, msg in driver.tracks.items():
+        for t in msg.tracks:
+            if t.id in preds:
+                preds[t.id] = preds[t.id][:i] + [_full_mask(t, (h, w))] + preds[t.id][i + 1 :]
+    if gt:
+        scored = sorted(gt)
+        for oid in prompts:
+            result.per_object[oid] = j_and_f([preds[oid][i] for i in scored], [gt[i] == oid for i in scored])
+        result.jf = summarize(result.per_object.values())
+    path = out_dir / "overlay.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (w, h))
+    for i in range(len(frames)):
+        bgr = driver.overlays.get(i)
+        writer.write(bgr if bgr is not None else cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR))
+    writer.release()
+    result.overlay_path = path
+    return result
+
+
+def load_davis_sequence(root: Path, seq: str) -> tuple[list[np.ndarray], dict[int, dict], dict[int, np.ndarray]]:
+    from ..evaluation.davis import load_frames
+
+    frames = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in load_frames(root, seq)]
+    firsts = first_annotations(root, seq)
+    prompts = {oid: {"box": mask_to_box(mask)} for oid, (f, mask) in firsts.items() if f == 0}
+    gt = {i: load_annotation(p) for i, p in annotation_paths(root, seq).items()}
+    return frames, prompts, gt
