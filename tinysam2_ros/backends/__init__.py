@@ -38,6 +38,10 @@ def make_backend(name: str, model, engine_dir=None, device: str = "cpu", dtype: 
         from .torch_backend import TorchBackend
 
         return TorchBackend(model, dtype=dtype)
+    if name == "tensorrt":  # say first that TensorRT is missing, if it is
+        from .engine_builder import import_tensorrt
+
+        import_tensorrt()
     if name in ("onnxruntime", "tensorrt") and not engine_dir:
         raise BackendError(f"the {name} backend needs engine_dir (made by `tinysam2 export`"
                            f"{' and `tinysam2 build-engine`' if name == 'tensorrt' else ''})")
