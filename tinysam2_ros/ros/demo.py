@@ -19,7 +19,7 @@ import rclpy
 import rclpy.executors
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
@@ -49,7 +49,7 @@ class DemoDriver(Node):
     def __init__(self, frames: list[np.ndarray], namespace: str = "") -> None:
         super().__init__("tinysam2_demo", namespace=namespace)
         self.frames = frames
-        self.pub = self.create_publisher(Image, "image", qos_profile_sensor_data)
+        self.pub = self.create_publisher(Image, "image", RELIABLE)  # the node is set to reliable: no frame lost
         self.tracks: dict[int, TrackArray] = {}
         self.overlays: dict[int, np.ndarray] = {}
         self._stamp_to_idx: dict[tuple[int, int], int] = {}
