@@ -116,3 +116,16 @@ def test_eval_command_reports_compression(tmp_path, capsys):
     for key in ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder", "total"):
         assert res["overall"]["ms_per_frame"][key] >= 0
     assert main(["eval", str(tmp_path / "nothing")]) == 2
+
+
+def test_memory_report_table_and_plot(tmp_path, capsys):
+    make_toy_sequence(tmp_path, "seq0", num_frames=5, size=(64, 96), num_objects=1, seed=0)
+    settings = {"full": {"compression": "off"}, "small": {"compression": "tinysam2", "pool_factor": 2,
+                                                          "token_budget": 40, "write_threshold": 0.0}}
+    from tinysam2_ros.evaluation.sweep import memory_report
+
+    rows = memory_report(tmp_path, "tiny", None, tmp_path / "rep", settings=settings, log=lambda *_: None)
+    assert [r["setting"] for r in rows] == ["full", "small"]
+    assert rows[1]["memory_tokens"] <= 40 < rows[0]["memory_tokens"]
+    assert (tmp_path / "rep" / "memory_report.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "rep" / "memory_report.json").read_text())[0]["setting"] == "full"
