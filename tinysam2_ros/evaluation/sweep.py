@@ -54,7 +54,9 @@ def memory_report(root: str | Path, preset: str, checkpoint: str | None, out_dir
     log(f"{'setting':<16} {'J&F':>6} {'vs full':>8} {'tokens':>7} {'% full':>7} {'% SAM2.1':>9} {'KiB':>6} "
         f"{'mem-attn ms':>11} {'total ms':>9}")
     for r in rows:
-        log(f"{r['setting']:<16} {r['JF']:6.3f} {100 * r['JF'] / ref:7.1f}% {r['memory_tokens']:7.0f} "
+        rel = f"{100 * r['JF'] / ref:7.1f}%" if ref and ref == ref else "     n/a"
+        r["pct_of_full_jf"] = 100 * r["JF"] / ref if ref and ref == ref else None
+        log(f"{r['setting']:<16} {r['JF']:6.3f} {rel} {r['memory_tokens']:7.0f} "
             f"{r['pct_full']:6.1f}% {r['pct_sam21']:8.2f}% {r['memory_bytes'] / 1024:6.0f} "
             f"{r['ms_per_frame']['memory_attention']:11.1f} {r['ms_per_frame']['total']:9.1f}")
     (out_dir / "memory_report.json").write_text(json.dumps(rows, indent=2))
