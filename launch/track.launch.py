@@ -26,6 +26,8 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("checkpoint", default_value="", description="checkpoint (.pt / .safetensors)"),
         DeclareLaunchArgument("backend", default_value="torch", description="inference backend"),
         DeclareLaunchArgument("device", default_value="cpu", description="torch device, e.g. cuda:0"),
+        DeclareLaunchArgument("engine_dir", default_value="",
+                              description="exported graphs / TensorRT engines for backend onnxruntime / tensorrt"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace (one per camera)"),
         DeclareLaunchArgument("use_rviz", default_value="false", description="start RViz with config/track.rviz"),
     ]
@@ -42,6 +44,7 @@ def generate_launch_description() -> LaunchDescription:
                 "checkpoint": LaunchConfiguration("checkpoint"),
                 "backend": LaunchConfiguration("backend"),
                 "device": LaunchConfiguration("device"),
+                "engine_dir": LaunchConfiguration("engine_dir"),
             },
         ],
         remappings=[("image", LaunchConfiguration("image")), ("prompts", LaunchConfiguration("prompts"))],
