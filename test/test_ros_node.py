@@ -384,3 +384,28 @@ def test_tinysam2_track_runs_the_node_on_a_video(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "active: listening on /cam1/image" in proc.stderr + proc.stdout
+
+
+def test_node_runs_the_onnxruntime_backend_and_refuses_a_missing_tensorrt(ros, checkpoint, tmp_path):
+    from tinysam2_ros.backends.onnx_export import export_stages
+    from tinysam2_ros.checkpoint import load_checkpoint
+
+    model = build_model("tiny")
+    load_checkpoint(model, checkpoint)
+    export_stages(model, tmp_path / "onnx", "tiny")
+    h = Harness(checkpoint, backend="onnxruntime", engine_dir=str(tmp_path / "onnx"))
+    try:
+        assert h.node.session is not None
+        assert type(h.node.session.tracker.model.backend).__name__ == "OrtBackend"
+        h.publish_frames(1)
+        assert h.wait_for(lambda: h.processed() >= 1)
+        res = h.call(h.add, AddPrompts.Request(prompts=[box_prompt([20, 30, 50, 60])]))
+        assert res.success and list(res.found) == [True]
+    finally:
+        h.close()
+    node = TrackerNode(parameter_overrides=[Parameter("preset", value="tiny"), Parameter("backend", value="tensorrt"),
+                                            Parameter("engine_dir", value=str(tmp_path / "onnx"))])
+    try:
+        assert node.session is None  # configure failed with the reason in the log; the process lives on
+    finally:
+        node.destroy_node()
