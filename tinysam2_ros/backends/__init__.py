@@ -31,6 +31,27 @@ class Backend(Protocol):
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
+class GraphBackend:
+    """The four stage methods on top of ``_run(stage, *inputs) -> tuple of outputs``,
+    for runtimes that execute one exported graph / engine per stage."""
+
+    def _run(self, stage: str, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def image_encoder(self, images):
+        return self._run("image_encoder", images)
+
+    def mask_decoder(self, pix_feat, high_res_0, high_res_1, point_coords, point_labels, mask_input, has_mask_input):
+        return self._run("mask_decoder", pix_feat, high_res_0, high_res_1, point_coords, point_labels, mask_input,
+                         has_mask_input)
+
+    def memory_attention(self, pix_feat, memory, memory_pos, memory_coords):
+        return self._run("memory_attention", pix_feat, memory, memory_pos, memory_coords)[0]
+
+    def memory_encoder(self, pix_feat, mask_for_mem, object_score_logits):
+        return self._run("memory_encoder", pix_feat, mask_for_mem, object_score_logits)[0]
+
+
 def make_backend(name: str, model, engine_dir=None, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """The backend ``name`` for ``model``; ``engine_dir`` holds exported graphs / engines
     (``tinysam2 export`` / ``tinysam2 build-engine``) for onnxruntime / tensorrt."""

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import BackendError
+from . import BackendError, GraphBackend
 from .onnx_export import INPUT_NAMES, OUTPUT_NAMES, _NP_DTYPES, load_manifest
 
 _ORT_TYPES = {"float32": "tensor(float)", "int32": "tensor(int32)", "float16": "tensor(float16)",
@@ -58,7 +58,7 @@ def choose_providers(device: str, available: list[str]) -> list:
     return providers
 
 
-class OrtBackend:
+class OrtBackend(GraphBackend):
     """Runs the four exported stages with onnxruntime."""
 
     name = "onnxruntime"
@@ -118,16 +118,3 @@ class OrtBackend:
         outs = self.sessions[stage].run(None, feeds)
         device = args[0].device if torch.is_tensor(args[0]) else self.device
         return tuple(torch.from_numpy(o).to(device) for o in outs)
-
-    def image_encoder(self, images):
-        return self._run("image_encoder", images)
-
-    def mask_decoder(self, pix_feat, high_res_0, high_res_1, point_coords, point_labels, mask_input, has_mask_input):
-        return self._run("mask_decoder", pix_feat, high_res_0, high_res_1, point_coords, point_labels, mask_input,
-                         has_mask_input)
-
-    def memory_attention(self, pix_feat, memory, memory_pos, memory_coords):
-        return self._run("memory_attention", pix_feat, memory, memory_pos, memory_coords)[0]
-
-    def memory_encoder(self, pix_feat, mask_for_mem, object_score_logits):
-        return self._run("memory_encoder", pix_feat, mask_for_mem, object_score_logits)[0]

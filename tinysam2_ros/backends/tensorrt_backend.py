@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import BackendError
+from . import BackendError, GraphBackend
 from .engine_builder import (
     EngineMeta,
     check_engine_meta,
@@ -136,7 +136,7 @@ class _StageEngine:
         return tuple(outs)
 
 
-class TrtBackend:
+class TrtBackend(GraphBackend):
     """Runs the four stages as TensorRT engines on one CUDA device."""
 
     name = "tensorrt"
@@ -193,16 +193,3 @@ class TrtBackend:
     def _run(self, stage: str, *args):
         with torch.cuda.device(self.device):
             return self.engines[stage].run(self.device, self.stream, args)
-
-    def image_encoder(self, images):
-        return self._run("image_encoder", images)
-
-    def mask_decoder(self, pix_feat, high_res_0, high_res_1, point_coords, point_labels, mask_input, has_mask_input):
-        return self._run("mask_decoder", pix_feat, high_res_0, high_res_1, point_coords, point_labels, mask_input,
-                         has_mask_input)
-
-    def memory_attention(self, pix_feat, memory, memory_pos, memory_coords):
-        return self._run("memory_attention", pix_feat, memory, memory_pos, memory_coords)[0]
-
-    def memory_encoder(self, pix_feat, mask_for_mem, object_score_logits):
-        return self._run("memory_encoder", pix_feat, mask_for_mem, object_score_logits)[0]

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .two_way_transformer import Attention
 from .rope import apply_rope, grid_coords, rope_angles
 
 __all__ = [
@@ -65,11 +66,11 @@ __all__ = [
 CosSin = Tuple[torch.Tensor, torch.Tensor]
 
 
-class RoPEAttention(nn.Module):
+class RoPEAttention(Attention):
     """Multi-head attention with 2D RoPE applied to projected queries and keys.
 
-    State dict: ``q_proj``, ``k_proj``, ``v_proj`` (input ``kv_in_dim``), ``out_proj``.
-    Inference only (no attention dropout).
+    The projections are the decoder's ``Attention`` ones (``q_proj``, ``k_proj``,
+    ``v_proj`` with input ``kv_in_dim``, ``out_proj``). Inference only (no dropout).
     """
 
     def __init__(
@@ -80,20 +81,9 @@ class RoPEAttention(nn.Module):
         kv_in_dim: Optional[int] = None,
         rope_theta: float = 10000.0,
     ) -> None:
-        super().__init__()
-        self.embedding_dim = embedding_dim
-        self.kv_in_dim = kv_in_dim if kv_in_dim is not None else embedding_dim
-        self.internal_dim = embedding_dim // downsample_rate
-        self.num_heads = num_heads
-        if self.internal_dim % num_heads != 0:
-            raise ValueError("num_heads must divide embedding_dim // downsample_rate")
+        super().__init__(embedding_dim, num_heads, downsample_rate=downsample_rate, kv_in_dim=kv_in_dim)
         self.head_dim = self.internal_dim // num_heads
         self.rope_theta = rope_theta
-
-        self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
-        self.k_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
-        self.v_proj = nn.Linear(self.kv_in_dim, self.internal_dim)
-        self.out_proj = nn.Linear(self.internal_dim, embedding_dim)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
