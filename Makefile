@@ -1,4 +1,4 @@
-# make demo: set everything up in .venv and run the main job.
+# make demo: set everything up in .venv and run the main job (the ROS node on a generated video).
 # make test: set up if needed and run the test suite.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +14,7 @@ $(STAMP): requirements.txt tools/setup_env.sh CMakeLists.txt package.xml $(wildc
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tinysam2 fidelity $(FIXTURE)
+	$(VENV)/bin/tinysam2 demo --out out/demo
 
 fidelity: $(STAMP)
 	$(VENV)/bin/tinysam2 fidelity $(FIXTURE)

@@ -377,3 +377,25 @@ def test_cli_export_table_and_failing_op_check(tmp_path, capsys, monkeypatch):
     assert _cli(["export", "--preset", "tiny", "--out", str(tmp_path / "c"), "--skip-parity"]) == 1
     assert "operator check: FAILED" in capsys.readouterr().out
     assert _cli(["export", "--preset", "nope", "--out", str(tmp_path / "d")]) == 2
+
+
+def test_eval_gives_the_same_jf_with_onnxruntime_and_torch(tmp_path):
+    """`tinysam2 eval --backend onnxruntime` vs `--backend torch` on the same data and weights."""
+    import torch as _torch
+
+    from tinysam2_ros.evaluation.run_eval import run_eval
+    from tinysam2_ros.evaluation.toydata import make_toy_sequence
+    from tinysam2_ros.modeling.build import build_model as _build
+
+    make_toy_sequence(tmp_path / "data", "seq0", num_frames=6, size=(64, 96), num_objects=2, seed=1)
+    _torch.manual_seed(0)
+    model = _build("tiny")
+    with _torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(3.0)
+    ckpt = tmp_path / "w.pt"
+    _torch.save({"model": model.state_dict()}, ckpt)
+    kw = dict(preset="tiny", checkpoint=ckpt, memory_overrides={"write_threshold": 0.0}, log=lambda *_: None)
+    a = run_eval(tmp_path / "data", backend="torch", **kw)["overall"]
+    b = run_eval(tmp_path / "data", backend="onnxruntime", **kw)["overall"]
+    assert abs(a["JF"] - b["JF"]) <= 1e-3  # stated tolerance: 0.001 J&F
+    assert a["memory_tokens"] == b["memory_tokens"]
