@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -550,18 +551,14 @@ class Tracker:
             )
         return FrameResult(frame.idx, frame.stamp, objects, dict(self.stage_ms))
 
-    class _Timer:
-        def __init__(self, tracker: "Tracker", stage: str):
-            self.tracker, self.stage = tracker, stage
-
-        def __enter__(self):
-            self.start = time.perf_counter()
-
-        def __exit__(self, *exc):
-            self.tracker.stage_ms[self.stage] += (time.perf_counter() - self.start) * 1e3
-
-    def _timed(self, stage: str) -> "_Timer":
-        return Tracker._Timer(self, stage)
+    @contextmanager
+    def _timed(self, stage: str):
+        """Add the wall time of the block to ``stage_ms[stage]`` (per-stage timings)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_ms[stage] += (time.perf_counter() - start) * 1e3
 
 
 def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
