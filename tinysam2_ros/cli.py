@@ -185,6 +185,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_params_file() -> str:
+    """config/tracker.yaml of a source checkout, else of the installed ROS package."""
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[1] / "config" / "tracker.yaml"
+    if source.is_file():
+        return str(source)
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return str(Path(get_package_share_directory("tinysam2_ros")) / "config" / "tracker.yaml")
+    except Exception:  # no ament index (plain pip install): the user must pass --params-file
+        return str(source)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinysam2", description="TinySAM 2 video object tracking: model checks, tracking, export and ROS 2 node."
@@ -226,9 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_memory_args(p)
     p.set_defaults(func=_cmd_eval)
 
-    from pathlib import Path
-
-    default_params = Path(__file__).resolve().parents[1] / "config" / "tracker.yaml"
+    default_params = _default_params_file()
     p = sub.add_parser(
         "track",
         help="run the ROS 2 tracker node (what track.launch.py starts), optionally with a demo video source",
@@ -236,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "in this process. With --video, also publish a video file, camera index or image folder as "
         "sensor_msgs/Image on the image topic.",
     )
-    p.add_argument("--params-file", default=str(default_params), help="parameter file (default: config/tracker.yaml)")
+    p.add_argument("--params-file", default=default_params, help="parameter file (default: config/tracker.yaml)")
     p.add_argument("--image", default="image", help="image topic (default: image)")
     p.add_argument("--prompts", default="prompts", help="prompt topic (default: prompts)")
     p.add_argument("--namespace", default="", help="namespace of the node (one per camera)")
