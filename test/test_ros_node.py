@@ -343,7 +343,7 @@ def test_launch_file_refers_to_what_the_package_installs():
     cmake = (REPO / "CMakeLists.txt").read_text()
     installed = re.search(r"install\(PROGRAMS ([^)]*) DESTINATION lib/\$\{PROJECT_NAME\}\)", cmake).group(1).split()
     assert "scripts/tracker_node" in installed and (REPO / "scripts" / "tracker_node").stat().st_mode & 0o111
-    assert "foreach(_dir launch config engine)" in cmake
+    assert "foreach(_dir launch config engine models)" in cmake
     source = (REPO / "launch" / "track.launch.py").read_text()
     for name in ("tracker.yaml", "track.rviz"):
         assert name in source and (REPO / "config" / name).is_file()

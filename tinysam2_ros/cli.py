@@ -136,8 +136,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .ros.demo import load_davis_sequence, run_demo
 
     out = Path(args.out)
-    repo = Path(__file__).resolve().parents[1]
-    checkpoint = args.checkpoint or (str(repo / DEMO_MODEL) if args.preset == "tiny" else None)
+    checkpoint = args.checkpoint or (_package_file(DEMO_MODEL) if args.preset == "tiny" else None)
     if checkpoint and not Path(checkpoint).is_file():
         print(f"tinysam2 demo: checkpoint {checkpoint} not found", file=sys.stderr)
         return 2
@@ -185,18 +184,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_params_file() -> str:
-    """config/tracker.yaml of a source checkout, else of the installed ROS package."""
+def _package_file(relative: str) -> str:
+    """A shipped file (config/, models/): in a source checkout, else in the ROS package's share dir."""
     from pathlib import Path
 
-    source = Path(__file__).resolve().parents[1] / "config" / "tracker.yaml"
-    if source.is_file():
+    source = Path(__file__).resolve().parents[1] / relative
+    if source.exists():
         return str(source)
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        return str(Path(get_package_share_directory("tinysam2_ros")) / "config" / "tracker.yaml")
-    except Exception:  # no ament index (plain pip install): the user must pass --params-file
+        return str(Path(get_package_share_directory("tinysam2_ros")) / relative)
+    except Exception:  # no ament index (plain pip install): the caller reports the missing file
         return str(source)
 
 
@@ -241,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_memory_args(p)
     p.set_defaults(func=_cmd_eval)
 
-    default_params = _default_params_file()
+    default_params = _package_file("config/tracker.yaml")
     p = sub.add_parser(
         "track",
         help="run the ROS 2 tracker node (what track.launch.py starts), optionally with a demo video source",
