@@ -26,3 +26,9 @@ def test_fidelity_fails_when_the_model_is_wrong(edgetam_fixture_dir, tmp_path):
     lines: list[str] = []
     assert not run_fidelity(fixture, Tolerances(), log=lines.append)
     assert lines[-1] == "FIDELITY FAIL"
+
+
+def test_fidelity_passes_through_onnxruntime(edgetam_fixture_dir, capsys):
+    """The exported graphs (RepViT fused) run by onnxruntime reproduce the reference too."""
+    assert main(["fidelity", str(edgetam_fixture_dir), "--backend", "onnxruntime"]) == 0
+    assert "FIDELITY PASS" in capsys.readouterr().out
