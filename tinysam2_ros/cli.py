@@ -116,6 +116,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data_root=args.data_root, out_dir=args.out, preset=args.preset, init_checkpoint=args.init,
         iterations=args.iterations, lr=args.lr, clip_len=args.clip_len, max_objects=args.max_objects,
         seed=args.seed, device=args.device, time_budget_min=args.time_budget_min, threads=args.threads,
+        freeze_bn=args.freeze_bn,
     )
     try:
         train(cfg, memory_overrides=_memory_overrides(args))
@@ -280,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--time-budget-min", type=float, help="stop and save after this many minutes")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep BatchNorm statistics fixed, so training and inference normalise alike "
+                        "(default: on when fine-tuning with --init)")
     _add_memory_args(p)
     p.set_defaults(func=_cmd_train)
 
