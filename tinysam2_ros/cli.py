@@ -281,9 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--time-budget-min", type=float, help="stop and save after this many minutes")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep BatchNorm statistics fixed, so training and inference normalise alike "
-                        "(default: on when fine-tuning with --init)")
+    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep BatchNorm statistics fixed, so training and streaming inference normalise alike "
+                        "(default: on; --no-freeze-bn trains them and re-estimates them at the end)")
     _add_memory_args(p)
     p.set_defaults(func=_cmd_train)
 

@@ -47,7 +47,10 @@ class TrainConfig:
     time_budget_min: float | None = None  # stop (and save) after this many minutes
     save_every: int = 100
     threads: int | None = None
-    freeze_bn: bool | None = None  # keep BatchNorm statistics fixed (default: when fine-tuning)
+    # Keep BatchNorm statistics fixed (a plain affine): batch statistics over the frames of
+    # one clip do not transfer to streaming inference, one frame at a time with running
+    # statistics (measured: training dice 0.36 vs 0.73 in eval mode on the same clips).
+    freeze_bn: bool = True
     bn_recalibration_clips: int = 64  # clips used to re-estimate BatchNorm statistics at the end
 
 
@@ -124,7 +127,7 @@ def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> 
                 __import__("json").dumps({"train": asdict(cfg), "memory": memory.to_dict()}, indent=2))
         t0 = time.time()
         model.train()
-        freeze_bn = cfg.freeze_bn if cfg.freeze_bn is not None else bool(cfg.init_checkpoint)
+        freeze_bn = cfg.freeze_bn
         if freeze_bn:
             for bn in _batchnorms(model):
                 bn.eval()
