@@ -35,8 +35,6 @@ from typing import Any
 
 from . import BackendError
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
 INDEX_NAME = "engines.json"
 INDEX_FORMAT = 1
 TIMING_CACHE_NAME = "timing.cache"
@@ -66,20 +64,10 @@ def _read_manifest(onnx_dir: str | Path) -> dict[str, Any]:
     under ``dynamic``. Raises ``BackendError`` naming the problem. The sha256 is
     checked later, against the file actually read for the build.
     """
+    from .onnx_export import read_manifest_json
+
     directory = Path(onnx_dir)
-    path = directory / MANIFEST_NAME
-    if not directory.is_dir():
-        raise BackendError(f"ONNX directory {directory} not found (write it with `tinysam2 export --out {directory}`)")
-    if not path.is_file():
-        raise BackendError(f"{path} not found: is {directory} a directory written by `tinysam2 export`?")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BackendError(f"{path} is not valid JSON ({exc}); re-run `tinysam2 export`") from exc
-    if not isinstance(manifest, dict):
-        raise BackendError(f"{path}: expected a JSON object")
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise BackendError(f"{path} has format {manifest.get('format')!r}; this version reads format {MANIFEST_FORMAT}")
+    path, manifest = read_manifest_json(directory)
     stages = manifest.get("stages")
     if not isinstance(stages, dict) or not stages:
         raise BackendError(f"{path}: 'stages' must be a non-empty object")

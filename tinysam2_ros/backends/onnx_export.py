@@ -381,10 +381,9 @@ def export_stages(
 
 
 # ---------------------------------------------------------------------------- manifest
-def load_manifest(directory: str | Path, verify_sha: bool = True) -> dict[str, Any]:
-    """Read and validate ``<directory>/manifest.json``: every stage present with its
-    graph file, shapes and dtypes well formed, sha256 matching (unless ``verify_sha=False``).
-    Adds ``"dir"`` (the directory, as a string) to the returned dict."""
+def read_manifest_json(directory: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``(path, manifest)`` of ``<directory>/manifest.json``: the directory and file exist,
+    the JSON parses to an object of this format. Deeper checks are the callers'."""
     directory = Path(directory)
     path = directory / MANIFEST_NAME
     if not directory.is_dir():
@@ -401,6 +400,15 @@ def load_manifest(directory: str | Path, verify_sha: bool = True) -> dict[str, A
         raise ManifestError(f"{path} is corrupt: expected a JSON object")
     if manifest.get("format") != FORMAT:
         raise ManifestError(f"{path} has format {manifest.get('format')!r}, this version reads format {FORMAT}")
+    return path, manifest
+
+
+def load_manifest(directory: str | Path, verify_sha: bool = True) -> dict[str, Any]:
+    """Read and validate ``<directory>/manifest.json``: every stage present with its
+    graph file, shapes and dtypes well formed, sha256 matching (unless ``verify_sha=False``).
+    Adds ``"dir"`` (the directory, as a string) to the returned dict."""
+    directory = Path(directory)
+    path, manifest = read_manifest_json(directory)
     missing = [k for k in ("preset", "image_size", "hidden_dim", "mem_dim", "opset", "stages") if k not in manifest]
     if missing:
         raise ManifestError(f"{path} is corrupt: missing {', '.join(missing)}")
