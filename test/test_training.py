@@ -81,3 +81,58 @@ def test_training_resumes(data, tmp_path):
     assert any("resuming" in m and "iteration 4" in m for m in messages)
     rows = list(csv.DictReader(open(out / "train_log.csv")))
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_from_scratch_training_estimates_batchnorm_statistics(data, tmp_path):
+    """Fixed BatchNorm at its default statistics lets the signal fade; training from scratch
+    first estimates them from clips (and keeps them fixed while it trains)."""
+    weights = train(TrainConfig(str(data), str(tmp_path / "run"), iterations=1, warmup=1, clip_len=3, bn_init_clips=2),
+                    log=lambda *_: None)
+    model = build_model("tiny")
+    load_checkpoint(model, weights)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not torch.allclose(bn.running_var, torch.ones_like(bn.running_var)) for bn in bns)
+
+
+def test_tiny_preset_tracks_with_one_mask():
+    """Tracked frames of the demo preset decode a single mask (no IoU ranking); a
+    one-click prompt still gets SAM's three candidates."""
+    model = build_model("tiny")
+    assert not model.use_multimask(False, 0)
+    assert model.use_multimask(True, 1)
+
+
+def test_prompt_mix_argument():
+    import argparse
+
+    from tinysam2_ros.cli import _prompt_mix
+
+    assert _prompt_mix("1,0,0") == (1.0, 0.0, 0.0)
+    for bad in ("1,2", "a,b,c", "-1,1,1", "0,0,0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _prompt_mix(bad)
+
+
+def test_teacher_forcing_schedule_and_unroll(data):
+    from tinysam2_ros.training.trainer import teacher_forcing_at
+
+    cfg = TrainConfig(str(data), "unused", iterations=100, teacher_forcing=0.8, teacher_forcing_until=0.5)
+    assert teacher_forcing_at(cfg, 0) == pytest.approx(0.8)
+    assert teacher_forcing_at(cfg, 25) == pytest.approx(0.4)
+    assert teacher_forcing_at(cfg, 50) == 0.0 and teacher_forcing_at(cfg, 99) == 0.0
+    assert teacher_forcing_at(TrainConfig(str(data), "unused"), 0) == 0.0  # off by default (SAM 2's recipe)
+
+    torch.manual_seed(0)
+    model = build_model("tiny").eval()
+    mem = MemoryConfig.from_dict(get_preset("tiny")["memory"])
+    clip = ClipSampler(data, clip_len=4, max_objects=2, prompt_probs=(0, 1, 0)).sample(np.random.default_rng(3))
+
+    def loss(tf):
+        with torch.no_grad():
+            return float(unroll_clip(model, clip, mem, LossWeights(), torch.device("cpu"), tf,
+                                     np.random.default_rng(0))["total"])
+
+    assert loss(1.0) == loss(1.0)  # deterministic for a given generator
+    assert loss(1.0) != loss(0.0)  # memory written from the truth, not the prediction
+    with pytest.raises(ValueError, match="teacher_forcing"):
+        loss(1.5)

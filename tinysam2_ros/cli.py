@@ -109,6 +109,16 @@ def _cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompt_mix(text: str) -> tuple[float, float, float]:
+    try:
+        mix = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        mix = ()
+    if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
+        raise argparse.ArgumentTypeError(f"expected three non-negative weights MASK,BOX,CLICKS, got {text!r}")
+    return mix
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training.trainer import TrainConfig, train
 
@@ -116,7 +126,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data_root=args.data_root, out_dir=args.out, preset=args.preset, init_checkpoint=args.init,
         iterations=args.iterations, lr=args.lr, clip_len=args.clip_len, max_objects=args.max_objects,
         seed=args.seed, device=args.device, time_budget_min=args.time_budget_min, threads=args.threads,
-        freeze_bn=args.freeze_bn,
+        freeze_bn=args.freeze_bn, focal_weight=args.focal_weight, dice_weight=args.dice_weight,
+        prompt_mix=tuple(args.prompt_mix), teacher_forcing=args.teacher_forcing,
+        teacher_forcing_until=args.teacher_forcing_until,
     )
     try:
         train(cfg, memory_overrides=_memory_overrides(args))
@@ -281,6 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--time-budget-min", type=float, help="stop and save after this many minutes")
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--focal-weight", type=float, default=20.0, help="focal loss weight (default 20, as SAM 2)")
+    p.add_argument("--dice-weight", type=float, default=10.0,
+                   help="dice loss weight (default 10; SAM 2 uses 1, which collapses small objects to empty masks "
+                        "when training from scratch)")
+    p.add_argument("--prompt-mix", type=_prompt_mix, default=(0.3, 0.4, 0.3), metavar="MASK,BOX,CLICKS",
+                   help="relative frequencies of first-frame prompt kinds (default 0.3,0.4,0.3)")
+    p.add_argument("--teacher-forcing", type=float, default=0.0,
+                   help="initial probability of writing a frame's memory from its ground truth instead of the "
+                        "prediction, falling linearly to 0 (default 0 = SAM 2's recipe; helps training from scratch)")
+    p.add_argument("--teacher-forcing-until", type=float, default=0.6,
+                   help="fraction of the iterations at which teacher forcing reaches 0 (default 0.6)")
     p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=True,
                    help="keep BatchNorm statistics fixed, so training and streaming inference normalise alike "
                         "(default: on; --no-freeze-bn trains them and re-estimates them at the end)")

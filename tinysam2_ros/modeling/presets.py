@@ -128,9 +128,12 @@ PRESETS["tiny"] = {
     # SAM 2's inference-time fallback from an unstable single mask to a multimask output
     # is off: a briefly trained model's single masks are rarely "stable", and its training
     # (like SAM 2's) never selects that way, so the fallback would pick untrained outputs.
+    # Tracked frames decode one mask, not three ranked by predicted IoU: early in training
+    # the IoU head ranks badly and the memory is written from the wrong candidate (measured
+    # after 1257 iterations: IoU 0.02 for the chosen candidate, 0.25 for the best one).
     "tracking": {**_SAM2_TRACKING, "add_tpos_enc_to_obj_ptrs": True, "proj_tpos_enc_in_obj_ptrs": True,
                  "use_signed_tpos_enc_to_obj_ptrs": True, "no_obj_embed_spatial": True,
-                 "dynamic_multimask_via_stability": False},
+                 "dynamic_multimask_via_stability": False, "multimask_output_for_tracking": False},
     # 16x16 memory grid: pool 2 -> 64 tokens/frame, budget 256
     "memory": {**TINYSAM2_MEMORY, "token_budget": 256},
 }

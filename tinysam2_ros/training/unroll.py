@@ -5,6 +5,15 @@ conditioned on the prompted frame and the previous ``num_slots`` frames through 
 same pooling, token selection and pointer handling the streaming tracker uses
 (``memory/assemble.py``), so the model learns to work with compressed memory.
 All objects of the clip form the batch.
+
+Teacher forcing (optional, a departure from SAM 2's recipe for training from scratch):
+with probability ``teacher_forcing`` a frame's memory and object pointer are written
+from its ground-truth mask instead of the prediction. An untrained model predicts
+(near) empty masks, so memory written from its own outputs holds no trace of the
+object and there is nothing for memory attention to learn to retrieve; ground-truth
+memory holds that signal from the first step. Annealed to 0, the model then learns to
+live with its own masks, as at inference. (Measured on the tiny preset over ~1000
+iterations it made no clear difference; see models/README.md.)
 """
 from __future__ import annotations
 
@@ -34,14 +43,29 @@ def _cat_heads(outs: list[HeadOutput]) -> HeadOutput:
 
 
 def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: LossWeights,
-                device: torch.device) -> dict[str, torch.Tensor]:
-    """Mean losses over the clip's frames (and objects), with gradients."""
+                device: torch.device, teacher_forcing: float = 0.0,
+                rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Mean losses over the clip's frames (and objects), with gradients.
+
+    ``teacher_forcing``: probability that a predicted frame's memory is written from its
+    ground-truth mask (drawn per frame from ``rng``)."""
+    if not 0.0 <= teacher_forcing <= 1.0:
+        raise ValueError(f"teacher_forcing must lie in [0, 1], got {teacher_forcing}")
+    rng = rng if rng is not None else np.random.default_rng()
     t_len, h, w = clip.frames.shape[:3]
     size, low = model.image_size, model.low_res_size
     images = torch.cat([preprocess_rgb(f, size) for f in clip.frames]).to(device)
     feats = model.encode_image(images)
     targets = torch.from_numpy(clip.masks.astype(np.float32)).to(device)  # T x O x H x W
     targets_low = (F.interpolate(targets, size=(low, low), mode="area") > 0.5).float()
+
+    def written(t: int, pix: torch.Tensor, hr: list[torch.Tensor], predicted: HeadOutput) -> HeadOutput:
+        """What frame ``t`` writes to memory: its prediction, or (teacher forcing) its truth."""
+        if teacher_forcing <= 0.0 or rng.random() >= teacher_forcing:
+            return predicted
+        gt = (F.interpolate(targets[t][:, None], size=(size, size), mode="bilinear", align_corners=False) >= 0.5)
+        return model.mask_as_output(pix, hr, gt.float())
+
     n_obj = targets.shape[1]
     layout = _layout(model)
     factor = memory.pool_factor if memory.compressed else 1
@@ -76,6 +100,8 @@ def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: Los
                                  weights))
     out = _cat_heads([HeadOutput(o.low_res_masks, o.best_iou[:, None], o.low_res_masks, o.high_res_masks, o.obj_ptr,
                                  o.object_score_logits, o.best_iou) for o in outs])
+    if decoded:  # frame 0 decoded from boxes or clicks may be written from its truth too
+        out = written(0, pix0, hr0, out)
     memories = [_encode(model, pix0, out, layout, factor)]
     pointers = [out.obj_ptr]
 
@@ -93,6 +119,7 @@ def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: Los
         cond = model.condition_on_memory(pix, mem, mpos, n_ptr, memory_coords=coords)
         o = model.forward_heads(cond, hr, multimask_output=model.use_multimask(False, 0))
         losses.append(frame_loss(o.low_res_multimasks, o.ious, o.object_score_logits, targets_low[t][:, None], weights))
+        o = written(t, pix, hr, o)
         memories.append(_encode(model, pix, o, layout, factor))
         pointers.append(o.obj_ptr)
     keys = losses[0].keys()
