@@ -126,7 +126,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data_root=args.data_root, out_dir=args.out, preset=args.preset, init_checkpoint=args.init,
         iterations=args.iterations, lr=args.lr, clip_len=args.clip_len, max_objects=args.max_objects,
         seed=args.seed, device=args.device, time_budget_min=args.time_budget_min, threads=args.threads,
-        freeze_bn=args.freeze_bn, focal_weight=args.focal_weight, dice_weight=args.dice_weight,
+        freeze_bn=args.freeze_bn, bn_refresh_every=args.bn_refresh_every, focal_weight=args.focal_weight, dice_weight=args.dice_weight,
         prompt_mix=tuple(args.prompt_mix), teacher_forcing=args.teacher_forcing,
         teacher_forcing_until=args.teacher_forcing_until,
     )
@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=True,
                    help="keep BatchNorm statistics fixed, so training and streaming inference normalise alike "
                         "(default: on; --no-freeze-bn trains them and re-estimates them at the end)")
+    p.add_argument("--bn-refresh-every", type=int, default=100,
+                   help="with --freeze-bn, re-estimate BatchNorm statistics every N iterations so features stay "
+                        "normalised as the weights move (default 100; 0 = never)")
     _add_memory_args(p)
     p.set_defaults(func=_cmd_train)
 
