@@ -151,3 +151,19 @@ def test_teacher_forcing_schedule_and_unroll(data):
     assert loss(1.0) != loss(0.0)  # memory written from the truth, not the prediction
     with pytest.raises(ValueError, match="teacher_forcing"):
         loss(1.5)
+
+
+def test_probe_model_reports_feature_scale_and_prompt_effect(data):
+    """tools/probe_model.py, the check that found the demo model ignoring its prompts."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "probe_model.py"
+    out = subprocess.run([sys.executable, str(tool), str(data / "heldout")], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    assert "image feature std" in out
+    lines = [line for line in out.splitlines() if "max logit difference" in line]
+    assert [line.split()[0] for line in lines] == ["box", "mask"]
+    # a mask prompt is its own output: two different objects differ on the prompted frame
+    assert float(lines[1].split("prompted frame ")[1].split(",")[0]) > 1.0

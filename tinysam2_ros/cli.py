@@ -307,9 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=True,
                    help="keep BatchNorm statistics fixed, so training and streaming inference normalise alike "
                         "(default: on; --no-freeze-bn trains them and re-estimates them at the end)")
-    p.add_argument("--bn-refresh-every", type=int, default=100,
+    p.add_argument("--bn-refresh-every", type=int, default=0,
                    help="with --freeze-bn, re-estimate BatchNorm statistics every N iterations so features stay "
-                        "normalised as the weights move (default 100; 0 = never)")
+                        "normalised as the weights move (default 0 = never; see models/README.md)")
     _add_memory_args(p)
     p.set_defaults(func=_cmd_train)
 
