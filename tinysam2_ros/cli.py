@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
     p.add_argument("--init", help="start from these weights (fine-tuning)")
     p.add_argument("--iterations", type=int, default=2000, help="training iterations (default 2000)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
     p.add_argument("--clip-len", type=int, default=6, help="frames per clip (default 6)")
     p.add_argument("--max-objects", type=int, default=3, help="objects per clip (default 3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

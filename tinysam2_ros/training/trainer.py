@@ -36,7 +36,7 @@ class TrainConfig:
     preset: str = "tiny"
     init_checkpoint: str | None = None  # fine-tune from these weights
     iterations: int = 2000
-    lr: float = 1e-3
+    lr: float = 2e-3  # from scratch, 1e-3 learned too slowly (models/README.md)
     weight_decay: float = 0.01
     warmup: int = 100
     clip_len: int = 6
