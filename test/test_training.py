@@ -109,6 +109,20 @@ def test_batchnorm_statistics_follow_the_weights_while_training(data, tmp_path):
     # same seed: identical first estimate; the refreshed one moved with four large steps
     assert not torch.allclose(initial, refreshed, atol=1e-3)
 
+
+def test_recalibrating_batchnorm_keeps_its_mode(data):
+    """A refresh between frozen-BatchNorm steps must not leave BatchNorm in train mode."""
+    from tinysam2_ros.training.trainer import recalibrate_batchnorm
+
+    model = build_model("tiny").train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns[::2]:
+        bn.eval()
+    modes = [bn.training for bn in bns]
+    recalibrate_batchnorm(model, ClipSampler(data, clip_len=2), 1, 0, torch.device("cpu"))
+    assert [bn.training for bn in bns] == modes
+
+
 def test_tiny_preset_tracks_with_one_mask():
     """Tracked frames of the demo preset decode a single mask (no IoU ranking); a
     one-click prompt still gets SAM's three candidates."""

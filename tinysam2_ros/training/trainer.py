@@ -84,13 +84,14 @@ def _batchnorms(model) -> list[torch.nn.modules.batchnorm._BatchNorm]:
 @torch.no_grad()
 def recalibrate_batchnorm(model, sampler: ClipSampler, clips: int, seed: int, device) -> None:
     """Re-estimate BatchNorm statistics with the final weights (a cumulative average over
-    ``clips`` training clips): running averages taken while the weights moved lag behind."""
+    ``clips`` training clips): running averages taken while the weights moved lag behind.
+    Each BatchNorm keeps its momentum and train/eval mode."""
     from ..tracking.preprocess import preprocess_rgb
 
     bns = _batchnorms(model)
     if not bns or clips <= 0:
         return
-    momenta = [bn.momentum for bn in bns]
+    saved = [(bn.momentum, bn.training) for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None
@@ -99,8 +100,9 @@ def recalibrate_batchnorm(model, sampler: ClipSampler, clips: int, seed: int, de
         clip = sampler.sample(np.random.default_rng([seed, 10**9 + i]))
         images = torch.cat([preprocess_rgb(f, model.image_size) for f in clip.frames]).to(device)
         model.image_encoder(images)
-    for bn, momentum in zip(bns, momenta):
+    for bn, (momentum, training) in zip(bns, saved):
         bn.momentum = momentum
+        bn.train(training)
 
 
 def _lr_at(cfg: TrainConfig, it: int) -> float:
@@ -180,8 +182,6 @@ def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> 
             optim.step()
             if freeze_bn and cfg.bn_refresh_every > 0 and (it + 1) % cfg.bn_refresh_every == 0:
                 recalibrate_batchnorm(model, sampler, cfg.bn_init_clips, cfg.seed + it + 1, device)
-                for bn in _batchnorms(model):
-                    bn.eval()
             vals = {k: float(v.detach()) for k, v in losses.items()}
             writer.writerow([it + 1, f"{vals['total']:.5f}", f"{vals['focal']:.5f}", f"{vals['dice']:.5f}",
                              f"{vals['iou']:.5f}", f"{vals['object_score']:.5f}", f"{lr:.6f}",
