@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -28,3 +29,11 @@ def scale_points(points_xy: np.ndarray, frame_hw: tuple[int, int], size: int) ->
     """Frame pixels -> model input pixels (the square ``size`` x ``size`` input)."""
     h, w = frame_hw
     return np.asarray(points_xy, dtype=np.float32) * np.array([size / w, size / h], dtype=np.float32)
+
+
+def preprocess_mask(masks: torch.Tensor, size: int) -> torch.Tensor:
+    """``N x H x W`` masks (bool or 0/1) -> ``N x 1 x size x size`` binary float model input,
+    resized and binarised as SAM 2 does with a mask prompt."""
+    resized = F.interpolate(masks.to(torch.float32)[:, None], size=(size, size), mode="bilinear",
+                            align_corners=False, antialias=True)
+    return (resized >= 0.5).float()

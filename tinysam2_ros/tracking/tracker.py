@@ -28,7 +28,7 @@ from ..memory.compression import TokenLayout, pool_tokens
 from ..memory.config import MemoryConfig
 from ..memory.quality import frame_quality, mask_agreement, select_cond_frames, select_slots
 from ..modeling.sam2_model import HeadOutput, ImageFeatures, SAM2Model
-from .preprocess import preprocess_rgb, scale_points
+from .preprocess import preprocess_mask, preprocess_rgb, scale_points
 from .prompts import Prompt, PromptError, make_prompt
 
 STATES = ("tracked", "occluded", "lost")
@@ -328,10 +328,9 @@ class Tracker:
 
     def _mask_as_output(self, feats: ImageFeatures, mask: np.ndarray) -> HeadOutput:
         """SAM 2's mask prompt, resized to the model input and binarised as SAM 2 does."""
-        size = self.model.image_size
-        mask_t = torch.from_numpy(mask.astype(np.float32))[None, None].to(self.device)
-        mask_t = F.interpolate(mask_t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        return self.model.mask_as_output(feats.pix_feat, feats.high_res, (mask_t >= 0.5).float())
+        mask_t = torch.from_numpy(np.ascontiguousarray(mask))[None].to(self.device)
+        mask_t = preprocess_mask(mask_t, self.model.image_size)
+        return self.model.mask_as_output(feats.pix_feat, feats.high_res, mask_t)
 
     def _apply_late_prompts(self, late) -> None:
         """Apply prompts stamped on past frames, then re-propagate those objects to now."""

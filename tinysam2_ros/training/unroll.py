@@ -25,7 +25,7 @@ from ..memory.assemble import assemble_memory
 from ..memory.compression import TokenLayout, pool_tokens
 from ..memory.config import MemoryConfig
 from ..modeling.sam2_model import HeadOutput, SAM2Model
-from ..tracking.preprocess import preprocess_rgb, scale_points
+from ..tracking.preprocess import preprocess_mask, preprocess_rgb, scale_points
 from .data import Clip
 from .losses import LossWeights, frame_loss
 
@@ -63,8 +63,7 @@ def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: Los
         """What frame ``t`` writes to memory: its prediction, or (teacher forcing) its truth."""
         if teacher_forcing <= 0.0 or rng.random() >= teacher_forcing:
             return predicted
-        gt = (F.interpolate(targets[t][:, None], size=(size, size), mode="bilinear", align_corners=False) >= 0.5)
-        return model.mask_as_output(pix, hr, gt.float())
+        return model.mask_as_output(pix, hr, preprocess_mask(targets[t], size))
 
     n_obj = targets.shape[1]
     layout = _layout(model)
@@ -83,8 +82,7 @@ def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: Los
     outs = []
     for k, p in enumerate(clip.prompts):
         if p.kind == "mask":
-            m = torch.from_numpy(p.mask.astype(np.float32))[None, None].to(device)
-            m = (F.interpolate(m, size=(size, size), mode="bilinear", align_corners=False) >= 0.5).float()
+            m = preprocess_mask(torch.from_numpy(np.ascontiguousarray(p.mask))[None].to(device), size)
             outs.append(model.mask_as_output(pix0[k : k + 1], [x[k : k + 1] for x in hr0], m))
         else:
             coords = torch.from_numpy(scale_points(p.points, (h, w), size))[None].to(device)
