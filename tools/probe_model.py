@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from tinysam2_ros.checkpoint import load_checkpoint
-from tinysam2_ros.evaluation.davis import first_annotations, list_sequences, load_frames, mask_to_box
+from tinysam2_ros.evaluation.davis import first_annotations, list_sequences, load_frames
+from tinysam2_ros.evaluation.run_eval import prompt_kwargs
 from tinysam2_ros.modeling.build import build_model
 from tinysam2_ros.modeling.presets import get_preset
 from tinysam2_ros.tracking.preprocess import preprocess_rgb
@@ -33,9 +34,14 @@ def main() -> None:
     model = build_model(preset)
     if args.checkpoint:
         load_checkpoint(model, args.checkpoint)
-    seq = next(s for s in list_sequences(args.data_root) if len(first_annotations(args.data_root, s)) >= 2)
+    for seq in list_sequences(args.data_root):
+        on_first_frame = [(oid, mask) for oid, (f, mask) in first_annotations(args.data_root, seq).items() if f == 0]
+        if len(on_first_frame) >= 2:
+            break
+    else:
+        raise SystemExit(f"no sequence under {args.data_root} has two objects annotated on its first frame")
+    (a, mask_a), (b, mask_b) = on_first_frame[:2]
     frames = [np.asarray(Image.open(p).convert("RGB")) for p in load_frames(args.data_root, seq)[:2]]
-    (a, (_, mask_a)), (b, (_, mask_b)) = list(first_annotations(args.data_root, seq).items())[:2]
     with torch.no_grad():
         feats = model.encode_image(preprocess_rgb(frames[0], model.image_size))
     print(f"sequence {seq}, objects {a} and {b}")
@@ -45,7 +51,7 @@ def main() -> None:
         logits = {}
         for oid, mask in ((a, mask_a), (b, mask_b)):
             tracker = Tracker(model, TrackerConfig.from_preset(preset))
-            tracker.add_prompt(oid, **({"box": mask_to_box(mask)} if kind == "box" else {"mask": mask}))
+            tracker.add_prompt(oid, **prompt_kwargs(kind, mask))
             logits[oid] = [tracker.step(f).objects[oid].low_res_logits for f in frames]
         diff = [float((logits[a][t] - logits[b][t]).abs().max()) for t in range(2)]
         print(f"{kind} prompts: max logit difference between the two objects: "

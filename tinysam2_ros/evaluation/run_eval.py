@@ -50,7 +50,8 @@ class SequenceReport:
         }
 
 
-def _prompt_kwargs(kind: str, mask: np.ndarray) -> dict:
+def prompt_kwargs(kind: str, mask: np.ndarray) -> dict:
+    """``Tracker.add_prompt`` arguments for a ``mask``, its tight ``box`` or a ``point`` in it."""
     if kind == "mask":
         return {"mask": mask}
     if kind == "box":
@@ -73,7 +74,7 @@ def evaluate_sequence_with_tracker(
         rgb = np.asarray(Image.open(path).convert("RGB"))
         for oid, (f, mask) in firsts.items():
             if f == i:
-                tracker.add_prompt(oid, **_prompt_kwargs(prompt, mask))
+                tracker.add_prompt(oid, **prompt_kwargs(prompt, mask))
         result = tracker.step(rgb)
         for k in STAGES:
             stage_sum[k] += result.stage_ms[k]
