@@ -126,9 +126,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data_root=args.data_root, out_dir=args.out, preset=args.preset, init_checkpoint=args.init,
         iterations=args.iterations, lr=args.lr, clip_len=args.clip_len, max_objects=args.max_objects,
         seed=args.seed, device=args.device, time_budget_min=args.time_budget_min, threads=args.threads,
-        freeze_bn=args.freeze_bn, bn_refresh_every=args.bn_refresh_every, focal_weight=args.focal_weight, dice_weight=args.dice_weight,
-        prompt_mix=tuple(args.prompt_mix), teacher_forcing=args.teacher_forcing,
-        teacher_forcing_until=args.teacher_forcing_until,
+        freeze_bn=args.freeze_bn, bn_refresh_every=args.bn_refresh_every,
+        focal_weight=args.focal_weight, dice_weight=args.dice_weight, prompt_mix=tuple(args.prompt_mix),
+        teacher_forcing=args.teacher_forcing, teacher_forcing_until=args.teacher_forcing_until,
     )
     try:
         train(cfg, memory_overrides=_memory_overrides(args))
