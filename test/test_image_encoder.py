@@ -168,3 +168,29 @@ def test_onnx_export_matches_torch():
             expected = model(x)
         for g, e in zip(got, expected):
             torch.testing.assert_close(torch.from_numpy(g), e, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("preset_name, normalized", [("tiny", True), ("edgetam", False)])
+def test_image_feature_normalisation_follows_the_preset(preset_name, normalized):
+    """The tiny preset (trained from scratch) normalises the encoder outputs over channels;
+    presets of published checkpoints pass them through unchanged (fidelity)."""
+    from tinysam2_ros.modeling.build import build_model
+    from tinysam2_ros.modeling.presets import get_preset
+    from tinysam2_ros.modeling.stages import build_stages
+
+    preset = get_preset(preset_name)
+    if preset_name == "edgetam":  # a small input keeps the test fast; the rule is the same
+        preset["image_size"] = 256
+    model = build_model(preset)
+    assert model.normalize_image_features is normalized
+    torch.manual_seed(0)
+    images = torch.randn(1, 3, preset["image_size"], preset["image_size"]) * 3
+    with torch.no_grad():
+        outputs = build_stages(model)["image_encoder"](images)
+        fpn = model.image_encoder(images)["backbone_fpn"]
+    for x in outputs:
+        mean, var = x.mean(1), x.var(1, unbiased=False)
+        assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-4) is normalized
+        assert torch.allclose(var, torch.ones_like(var), atol=1e-3) is normalized
+    if not normalized:
+        assert torch.equal(outputs[2], fpn[-1])

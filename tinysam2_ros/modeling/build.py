@@ -91,7 +91,8 @@ def build_model(preset: str | Preset) -> SAM2Model:
         "only_obj_ptrs_in_the_past_for_eval")}
     model = SAM2Model(
         image_encoder, prompt_encoder, mask_decoder, memory_attention, memory_encoder, perceiver,
-        image_size=p["image_size"], hidden_dim=hidden, mem_dim=mem, **tracking,
+        image_size=p["image_size"], hidden_dim=hidden, mem_dim=mem,
+        normalize_image_features=p.get("normalize_image_features", False), **tracking,
     )
     model.preset = p
     return model.eval()

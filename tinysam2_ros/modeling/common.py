@@ -31,6 +31,13 @@ class MLP(nn.Module):
         return torch.sigmoid(x) if self.sigmoid_output else x
 
 
+def normalize_channels(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Zero mean, unit variance over the channel axis of an NCHW tensor, per position."""
+    mean = x.mean(1, keepdim=True)
+    var = (x - mean).pow(2).mean(1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of an NCHW tensor."""
 
@@ -41,7 +48,5 @@ class LayerNorm2d(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
+        x = normalize_channels(x, self.eps)
         return self.weight[:, None, None] * x + self.bias[:, None, None]

@@ -96,6 +96,7 @@ class SAM2Model(nn.Module):
         no_obj_embed_spatial: bool = True,
         fixed_no_obj_ptr: bool = True,
         only_obj_ptrs_in_the_past_for_eval: bool = True,
+        normalize_image_features: bool = False,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
@@ -121,6 +122,7 @@ class SAM2Model(nn.Module):
         self.use_signed_tpos_enc_to_obj_ptrs = use_signed_tpos_enc_to_obj_ptrs
         self.fixed_no_obj_ptr = fixed_no_obj_ptr
         self.only_obj_ptrs_in_the_past_for_eval = only_obj_ptrs_in_the_past_for_eval
+        self.normalize_image_features = normalize_image_features
 
         self.maskmem_tpos_enc = nn.Parameter(torch.zeros(num_maskmem, 1, 1, mem_dim))
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, hidden_dim))

@@ -7,6 +7,9 @@ exported graphs, see ``tinysam2_ros/engine``); everything else the tracker does
 encoder, the sine position encodings of image and memory features, the rope
 positions of the queries) are buffers baked into the stages, not inputs.
 
+``normalize_image_features`` (presets trained from scratch, see ``presets.py``)
+normalises the three image-encoder outputs over channels, per position.
+
 Contracts (B objects, S input size, h = w = S/16, C hidden dim, m memory dim):
   image_encoder:    images (1,3,S,S) -> high_res_0 (1,C/8,4h,4w), high_res_1 (1,C/4,2h,2w), pix_feat (1,C,h,w)
   mask_decoder:     pix_feat (B,C,h,w), high_res_0, high_res_1 (B,...), point_coords (B,N,2) float,
@@ -22,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .common import normalize_channels
 from .rope import grid_coords
 
 STAGE_NAMES = ("image_encoder", "mask_decoder", "memory_attention", "memory_encoder")
@@ -33,10 +37,14 @@ class ImageEncoderStage(nn.Module):
         self.image_encoder = model.image_encoder
         self.conv_s0 = model.sam_mask_decoder.conv_s0
         self.conv_s1 = model.sam_mask_decoder.conv_s1
+        self.normalize = model.normalize_image_features
 
     def forward(self, images: torch.Tensor):
         fpn = self.image_encoder(images)["backbone_fpn"]
-        return self.conv_s0(fpn[0]), self.conv_s1(fpn[1]), fpn[-1]
+        out = (self.conv_s0(fpn[0]), self.conv_s1(fpn[1]), fpn[-1])
+        if self.normalize:
+            out = tuple(normalize_channels(x) for x in out)
+        return out
 
 
 class MaskDecoderStage(nn.Module):
