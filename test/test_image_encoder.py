@@ -170,10 +170,10 @@ def test_onnx_export_matches_torch():
             torch.testing.assert_close(torch.from_numpy(g), e, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("preset_name, normalized", [("tiny", True), ("edgetam", False)])
+@pytest.mark.parametrize("preset_name, normalized", [("tiny_norm", True), ("tiny", False), ("edgetam", False)])
 def test_image_feature_normalisation_follows_the_preset(preset_name, normalized):
-    """The tiny preset (trained from scratch) normalises the encoder outputs over channels;
-    presets of published checkpoints pass them through unchanged (fidelity)."""
+    """``tiny_norm`` normalises the encoder outputs over channels; ``tiny`` (the demo
+    model's) and the presets of published checkpoints pass them through unchanged."""
     from tinysam2_ros.modeling.build import build_model
     from tinysam2_ros.modeling.presets import get_preset
     from tinysam2_ros.modeling.stages import build_stages
@@ -191,6 +191,6 @@ def test_image_feature_normalisation_follows_the_preset(preset_name, normalized)
     for x in outputs:
         mean, var = x.mean(1), x.var(1, unbiased=False)
         assert torch.allclose(mean, torch.zeros_like(mean), atol=1e-4) is normalized
-        assert torch.allclose(var, torch.ones_like(var), atol=1e-3) is normalized
+        assert torch.allclose(var, torch.ones_like(var), atol=0.02) is normalized  # eps 1e-5
     if not normalized:
         assert torch.equal(outputs[2], fpn[-1])

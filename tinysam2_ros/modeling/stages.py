@@ -43,7 +43,7 @@ class ImageEncoderStage(nn.Module):
         fpn = self.image_encoder(images)["backbone_fpn"]
         out = (self.conv_s0(fpn[0]), self.conv_s1(fpn[1]), fpn[-1])
         if self.normalize:
-            out = tuple(normalize_channels(x) for x in out)
+            out = tuple(normalize_channels(x, eps=1e-5) for x in out)
         return out
 
 
