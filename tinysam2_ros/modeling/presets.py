@@ -143,7 +143,7 @@ PRESETS["tiny"] = {
 # to std 40 and its image features to 3e3 while mask, prompt and memory signals stay near
 # 1; the decoder adds the high-res maps to the memory-conditioned features before a
 # LayerNorm, so it saw only them and segmented every salient object whatever the memory.
-# Normalised, the memory does carry the object, but in 4 short runs only one learned to
+# Normalised, the memory does carry the object, but in 6 short runs only one learned to
 # use it (models/README.md), so the demo model stays on ``tiny``.
 PRESETS["tiny_norm"] = {**copy.deepcopy(PRESETS["tiny"]), "normalize_image_features": True}
 
