@@ -401,19 +401,15 @@ def test_eval_gives_the_same_jf_with_onnxruntime_and_torch(tmp_path):
     assert a["memory_tokens"] == b["memory_tokens"]
 
 
-def test_tiny_norm_image_encoder_exports_with_parity(tmp_path):
+def test_tiny_norm_exports_with_parity(tmp_path):
     """The channel normalisation of ``tiny_norm`` survives export (and passes the TensorRT
     operator check inside ``export_stages``)."""
     torch.manual_seed(0)
     model = build_model("tiny_norm")
     export_stages(model, tmp_path, "tiny_norm", max_objects=2, max_points=2)
-    stages = build_stages(model)
-    sess = ort.InferenceSession(str(tmp_path / load_manifest(tmp_path)["stages"]["image_encoder"]["file"]),
-                                providers=["CPUExecutionProvider"])
+    k = load_manifest(tmp_path)["stages"]["memory_attention"]["dynamic"]["K"]
+    _assert_parity(_parity(model, tmp_path, [{"B": 1, "N": 1, "K": k["min"]}]))
     inputs = example_inputs(model, "image_encoder", b=1, n=1, k=1, seed=3)
     with torch.no_grad():
-        ref = stages["image_encoder"](*inputs.values())
-    got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})
-    for r, o in zip(ref, got):
-        assert float(r.var(1, unbiased=False).mean()) == pytest.approx(1.0, abs=0.02)
-        assert np.abs(r.numpy() - o).max() < 1e-4
+        for r in build_stages(model)["image_encoder"](*inputs.values()):
+            assert float(r.var(1, unbiased=False).mean()) == pytest.approx(1.0, abs=0.02)
