@@ -18,12 +18,13 @@ import torch.nn.functional as F
 
 from tinysam2_ros.modeling.memory_attention import (
     MemoryAttention,
+    RoPEAttention,
     build_edgetam_memory_attention,
     build_sam2_memory_attention,
 )
 from tinysam2_ros.modeling.memory_encoder import MemoryEncoder
 from tinysam2_ros.modeling.position_encoding import PositionEmbeddingSine
-from tinysam2_ros.modeling.rope import grid_coords
+from tinysam2_ros.modeling.rope import apply_rope, grid_coords
 from tinysam2_ros.modeling.spatial_perceiver import SpatialPerceiver
 
 TSVS = {"sam2.1_t": "sam2.1_hiera_t_state_dict_keys.tsv", "edgetam": "edgetam_state_dict_keys.tsv"}
@@ -348,6 +349,28 @@ def test_memory_attention_batch_consistency(edgetam_modules, sam2_attn):
         alone = sam2_attn(c[b : b + 1], cp[b : b + 1], m[b : b + 1], mp[b : b + 1], 4,
                           q_coords=grid_coords(side, side), k_coords=kc[b])
         torch.testing.assert_close(out[b : b + 1], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_locality_prior_makes_cross_attention_attend_to_its_own_position():
+    torch.manual_seed(0)
+    attn = RoPEAttention(64, 1, kv_in_dim=32)
+    coords = grid_coords(8, 8)
+
+    @torch.no_grad()
+    def scores() -> torch.Tensor:  # content-free queries and keys: only the biases speak
+        q = apply_rope(attn._split_heads(attn.q_proj(torch.zeros(1, 64, 64))), *attn.rope(coords))
+        k = apply_rope(attn._split_heads(attn.k_proj(torch.zeros(1, 64, 32))), *attn.rope(coords))
+        return (q @ k.transpose(-1, -2))[0, 0] / math.sqrt(attn.head_dim)
+
+    assert (scores().argmax(-1) == torch.arange(64)).float().mean() < 0.5  # default init: no locality
+    attn.init_locality_prior(3.5)
+    s = scores()
+    assert torch.equal(s.argmax(-1), torch.arange(64))
+    weights = s.softmax(-1)
+    dist = torch.cdist(coords, coords)
+    assert float(weights[dist <= 1.5].sum() / 64) > 0.8  # most attention within one cell
+    with pytest.raises(ValueError, match="num_freqs"):
+        attn.init_locality_prior(1.0, num_freqs=17)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

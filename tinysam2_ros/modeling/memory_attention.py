@@ -85,6 +85,31 @@ class RoPEAttention(Attention):
         self.head_dim = self.internal_dim // num_heads
         self.rope_theta = rope_theta
 
+    @torch.no_grad()
+    def init_locality_prior(self, amplitude: float, num_freqs: int = 4) -> None:
+        """Bias queries and keys so that, before any training, a query attends to the
+        keys at (and near) its own position.
+
+        RoPE turns a vector ``c`` shared by a query at ``p`` and a key at ``p'`` into a
+        score ``sum_j |c_j|^2 cos(w_j (p' - p))``, which peaks at ``p' = p``. Setting
+        both projection biases to ``amplitude`` on the channel pairs of the
+        ``num_freqs`` highest frequencies of each axis makes the cross-attention a
+        local average of the memory from the first step, so the memory-conditioned
+        features already say where the object was. Trained from scratch without it the
+        memory path starts as a global average that carries no position, and short CPU
+        runs mostly never learned to use it (models/README.md). For training from
+        scratch only; loaded checkpoints overwrite the biases.
+        """
+        if not 0 < num_freqs <= self.head_dim // 4:
+            raise ValueError(f"num_freqs must lie in [1, {self.head_dim // 4}], got {num_freqs}")
+        quarter = self.head_dim // 4  # channel pairs per axis: x pairs first, then y
+        pairs = torch.cat((torch.arange(num_freqs), quarter + torch.arange(num_freqs)))
+        bias = torch.zeros(self.head_dim)
+        bias[2 * pairs] = amplitude  # the real part of each rotated pair
+        bias = bias.repeat(self.num_heads)
+        self.q_proj.bias.copy_(bias)
+        self.k_proj.bias.copy_(bias)
+
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 

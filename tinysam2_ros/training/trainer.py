@@ -33,10 +33,12 @@ LOG_FIELDS = ("iteration", "loss", "focal", "dice", "iou", "object_score", "lr",
 class TrainConfig:
     data_root: str
     out_dir: str
-    preset: str = "tiny"
+    preset: str = "tiny_norm"
     init_checkpoint: str | None = None  # fine-tune from these weights
     iterations: int = 2000
-    lr: float = 2e-3  # from scratch, 1e-3 learned too slowly (models/README.md)
+    # From scratch, 2e-3 kept the model on a plateau where it segments every salient
+    # object and ignores its memory; 5e-4 left it (models/README.md, item 6).
+    lr: float = 5e-4
     weight_decay: float = 0.01
     warmup: int = 100
     clip_len: int = 6
@@ -75,6 +77,10 @@ class TrainConfig:
     # normalised (std 11 after the same run), but that run scored lower on held-out
     # videos (J&F 0.128 vs 0.195, see models/README.md), so it is off by default.
     bn_refresh_every: int = 0
+    # From scratch, bias the memory cross-attention's queries and keys so that RoPE makes
+    # it attend locally from step 1 (RoPEAttention.init_locality_prior); 0 = PyTorch's
+    # default init. Ignored when fine-tuning (--init) or resuming.
+    locality_prior: float = 3.5
 
 
 def _batchnorms(model) -> list[torch.nn.modules.batchnorm._BatchNorm]:
@@ -149,6 +155,10 @@ def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> 
         log(f"resuming from {state_path} at iteration {start}")
     sampler = ClipSampler(cfg.data_root, clip_len=cfg.clip_len, max_objects=cfg.max_objects,
                           prompt_probs=cfg.prompt_mix)
+    if start == 0 and not cfg.init_checkpoint and cfg.locality_prior > 0:
+        for layer in model.memory_attention.layers:
+            layer.cross_attn_image.init_locality_prior(cfg.locality_prior)
+        log(f"memory cross-attention initialised with a locality prior of amplitude {cfg.locality_prior}")
     if start == 0 and not cfg.init_checkpoint and cfg.bn_init_clips > 0:
         recalibrate_batchnorm(model, sampler, cfg.bn_init_clips, cfg.seed + 1, device)
         log(f"BatchNorm statistics initialised from {cfg.bn_init_clips} clips")
