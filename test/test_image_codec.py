@@ -13,7 +13,9 @@ from tinysam2_ros.ros.image_codec import (
     ImageDecodeError,
     bgr_to_image_msg,
     compressed_msg_to_rgb,
+    image_msg_to_mask,
     image_msg_to_rgb,
+    mask_to_image_msg,
     mono_to_image_msg,
     rgb_to_image_msg,
 )
@@ -320,6 +322,84 @@ def test_mono_to_image_msg():
         mono_to_image_msg(np.zeros((2, 2), np.float32), None)
     with pytest.raises(ValueError):
         mono_to_image_msg(np.zeros((2, 2, 1), np.uint8), None)
+
+
+# ------------------------------------------------------------------------- masks (prompts)
+def mask_values() -> np.ndarray:
+    """0 = background; any nonzero value (1, 7, 255) = object."""
+    v = np.zeros((H, W), np.uint8)
+    v[1:5, 2:6] = 255
+    v[6, 0] = 1
+    v[0, 9] = 7
+    return v
+
+
+@pytest.mark.parametrize("encoding", ["mono8", "8UC1", "8uc1", " MONO8 "])
+def test_mask_mono8_and_8uc1(encoding):
+    v = mask_values()
+    out = image_msg_to_mask(make_msg(v[..., None], encoding))
+    assert out.dtype == np.bool_ and out.shape == (H, W) and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, v != 0)
+
+
+def test_mask_padded_step_ignores_the_padding():
+    v = mask_values()
+    msg = make_msg(v[..., None], "mono8", pad=3, pad_byte=0xFF)  # nonzero junk in the padding
+    assert msg.step == W + 3
+    out = image_msg_to_mask(msg)
+    assert out.shape == (H, W)
+    np.testing.assert_array_equal(out, v != 0)
+    msg.data = list(bytes(msg.data))  # a list-valued data field works too
+    np.testing.assert_array_equal(image_msg_to_mask(msg), v != 0)
+
+
+def test_mask_does_not_alias_the_message():
+    msg = make_msg(mask_values()[..., None], "mono8")
+    out = image_msg_to_mask(msg)
+    assert out.base is None or not np.shares_memory(out, np.frombuffer(msg.data, np.uint8))
+    out[:] = False
+    np.testing.assert_array_equal(image_msg_to_mask(msg), mask_values() != 0)
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono16", "16UC1", "8UC3", "32FC1", "", "weird"])
+def test_mask_other_encodings_refused(encoding):
+    msg = make_msg(np.zeros((H, W, 1), np.uint8), "mono8")
+    msg.encoding = encoding
+    with pytest.raises(ImageDecodeError) as ei:
+        image_msg_to_mask(msg)
+    assert ei.value.cause == f"unsupported_encoding:{encoding}"
+    assert "mono8 or 8UC1" in str(ei.value)
+
+
+def test_mask_bad_geometry_refused():
+    v = mask_values()[..., None]
+    msg = make_msg(v, "mono8")
+    msg.data = bytes(msg.data)[:-1]  # one byte short
+    with pytest.raises(ImageDecodeError, match="short_data"):
+        image_msg_to_mask(msg)
+    msg = make_msg(v, "mono8")
+    msg.height = H + 1  # more rows than sent
+    with pytest.raises(ImageDecodeError, match="short_data"):
+        image_msg_to_mask(msg)
+    msg = make_msg(v, "8UC1")
+    msg.step = W - 1
+    with pytest.raises(ImageDecodeError, match="bad_step"):
+        image_msg_to_mask(msg)
+    msg = make_msg(v, "mono8")
+    msg.width = 0
+    with pytest.raises(ImageDecodeError, match="zero_size"):
+        image_msg_to_mask(msg)
+
+
+def test_mask_to_image_msg_roundtrip():
+    v = mask_values()
+    for arr in (v != 0, v, v.astype(np.int64)):
+        msg = mask_to_image_msg(arr, Header(frame_id="m"))
+        assert (msg.encoding, msg.height, msg.width, msg.step, msg.header.frame_id) == ("mono8", H, W, W, "m")
+        assert set(np.unique(np.frombuffer(bytes(msg.data), np.uint8))) == {0, 255}
+        np.testing.assert_array_equal(image_msg_to_mask(msg), v != 0)
+    with pytest.raises(ValueError):
+        mask_to_image_msg(np.zeros((2, 2, 1), bool))
 
 
 # ------------------------------------------------------------------------- full HD

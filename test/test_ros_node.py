@@ -147,6 +147,78 @@ def box_prompt(box, obj_id=0, action=Prompt.ACTION_ADD, label="cup", stamp=None)
     return p
 
 
+def mask_prompt(mask=None, encoding="mono8", height=H, width=W, data=None, obj_id=0, label="seg"):
+    """A prompt with a mask image (default: the red square of the harness's latest frames)."""
+    if mask is None:
+        mask = np.zeros((height, width), np.uint8)
+        mask[30:60, 20:50] = 255
+    p = Prompt(obj_id=obj_id, label=label, action=Prompt.ACTION_ADD)
+    p.mask = Image(height=mask.shape[0], width=mask.shape[1], encoding=encoding, step=mask.shape[1])
+    p.mask.data = np.ascontiguousarray(mask, np.uint8).tobytes() if data is None else data
+    return p
+
+
+def test_mask_prompt_creates_a_track(harness):
+    h = harness
+    h.publish_frames(2)
+    assert h.wait_for(lambda: h.processed() >= 1)
+    res = h.call(h.add, AddPrompts.Request(prompts=[mask_prompt()]))
+    assert res.success, res.message
+    assert list(res.obj_ids) == [1] and list(res.found) == [True]  # a non-empty first mask
+    with h.node.session.lock:
+        (entry,) = h.node.session.tracker.objects[1].cond.values()
+    assert entry.prompt.mask is not None and int(entry.prompt.mask.sum()) == 30 * 30
+    # 8UC1 with padded rows, through the prompts topic
+    padded = np.zeros((H, W + 4), np.uint8)
+    padded[10:40, 80:120] = 1
+    padded[:, W:] = 9  # junk in the padding is ignored
+    p = mask_prompt(encoding="8UC1", label="padded")
+    p.mask.step, p.mask.data = W + 4, padded.tobytes()
+    h.prompt_pub.publish(PromptArray(prompts=[p]))
+    time.sleep(0.3)
+    stamps = h.publish_frames(3)
+    assert h.wait_for(lambda: any(m.header.stamp == stamps[-1] and len(m.tracks) == 2 for m in h.tracks))
+    msg = next(m for m in h.tracks if m.header.stamp == stamps[-1])
+    assert {(t.id, t.label) for t in msg.tracks} == {(1, "seg"), (2, "padded")}
+    assert h.node.session.stats.errors["bad_prompt"] == 0
+
+
+def test_bad_mask_prompts_are_refused_alone(harness):
+    h = harness
+    h.publish_frames(1)
+    assert h.wait_for(lambda: h.processed() >= 1)
+    good_mask = mask_prompt().mask
+    both = box_prompt([20, 30, 50, 60])
+    both.mask = good_mask
+    bad = [
+        mask_prompt(height=H // 2, width=W // 2),  # not the image's size
+        mask_prompt(encoding="rgb8"),  # not a mask encoding
+        mask_prompt(data=b"\x00" * (H * W - 1)),  # one byte short
+        box_prompt([20, 30, 50, 60], label="cup"),  # valid: applied
+        mask_prompt(mask=np.zeros((H, W), np.uint8)),  # empty
+        both,  # a mask with a box
+    ]
+    res = h.call(h.add, AddPrompts.Request(prompts=bad))
+    assert not res.success
+    assert list(res.obj_ids) == [0, 0, 0, 1, 0, 0] and list(res.found) == [False, False, False, True, False, False]
+    for i, words in enumerate([("prompt 0", f"{W // 2}x{H // 2}", f"image is {W}x{H}"),
+                               ("prompt 1", "unsupported_encoding:rgb8", "mono8 or 8UC1"),
+                               ("prompt 2", "short_data"), (), ("prompt 4", "empty"),
+                               ("prompt 5", "either a mask or box/points")]):
+        for word in words:
+            assert word in res.message, (i, word, res.message)
+    assert "prompt 3" not in res.message
+    assert h.node.session.stats.errors["bad_prompt"] == 5
+    # the prompts topic: a bad mask is logged and counted, the valid prompt beside it is queued
+    h.prompt_pub.publish(PromptArray(prompts=[mask_prompt(encoding="bgr8"), mask_prompt(label="ok")]))
+    assert h.wait_for(lambda: h.node.session.stats.errors["bad_prompt"] == 6)
+    stamps = h.publish_frames(3)
+    assert h.wait_for(lambda: any(m.header.stamp == stamps[-1] and len(m.tracks) == 2 for m in h.tracks))
+    msg = next(m for m in h.tracks if m.header.stamp == stamps[-1])
+    assert {(t.id, t.label) for t in msg.tracks} == {(1, "cup"), (2, "ok")}
+    assert h.node.session.stats.errors["bad_prompt"] == 6
+
+
 def test_end_to_end_tracks_masks_overlay_diagnostics(harness):
     h = harness
     h.publish_frames(2)

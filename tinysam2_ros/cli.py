@@ -126,7 +126,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         data_root=args.data_root, out_dir=args.out, preset=args.preset, init_checkpoint=args.init,
         iterations=args.iterations, lr=args.lr, clip_len=args.clip_len, max_objects=args.max_objects,
         seed=args.seed, device=args.device, time_budget_min=args.time_budget_min, threads=args.threads,
-        freeze_bn=args.freeze_bn, bn_refresh_every=args.bn_refresh_every,
+        freeze_bn=args.freeze_bn, bn_refresh_every=args.bn_refresh_every, locality_prior=args.locality_prior,
         focal_weight=args.focal_weight, dice_weight=args.dice_weight, prompt_mix=tuple(args.prompt_mix),
         teacher_forcing=args.teacher_forcing, teacher_forcing_until=args.teacher_forcing_until,
     )
@@ -159,6 +159,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if not args.box:
             print("tinysam2 demo: --video needs --box x1,y1,x2,y2 on the first frame", file=sys.stderr)
             return 2
+        if args.prompt not in (None, "box"):
+            print(f"tinysam2 demo: --video has no annotation to take a {args.prompt} prompt from; it is prompted "
+                  "with --box", file=sys.stderr)
+            return 2
+        prompt_kind = "box"
         reader = FrameReader(args.video)
         frames = []
         while len(frames) < args.frames and (f := reader.read()) is not None:
@@ -178,13 +183,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if not seq:
             print("tinysam2 demo: --data needs --sequence", file=sys.stderr)
             return 2
-        frames, prompts, gt = load_davis_sequence(root, seq)
+        prompt_kind = args.prompt or "mask"
+        frames, prompts, gt = load_davis_sequence(root, seq, prompt=prompt_kind)
         frames = frames[: args.frames]
         gt = {i: g for i, g in gt.items() if i < len(frames)}
         source = f"{root}/{seq}"
     params = {f"memory.{k}": v for k, v in _memory_overrides(args).items()}
     params["device"] = args.device
-    print(f"demo: {len(frames)} frames of {source}, preset {args.preset}, weights {checkpoint or 'random'}")
+    print(f"demo: {len(frames)} frames of {source}, {prompt_kind} prompts, preset {args.preset}, "
+          f"weights {checkpoint or 'random'}")
     res = run_demo(frames, prompts, gt, out, args.preset, checkpoint, params=params)
     print(f"overlay video: {res.overlay_path}")
     if res.jf:
@@ -283,10 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("data_root", help="directory with JPEGImages/ and Annotations/")
     p.add_argument("--out", required=True, help="output directory (checkpoints, log, final weights)")
-    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    p.add_argument("--preset", default="tiny_norm", help="model preset (default: tiny_norm, the demo model's)")
     p.add_argument("--init", help="start from these weights (fine-tuning)")
     p.add_argument("--iterations", type=int, default=2000, help="training iterations (default 2000)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
     p.add_argument("--clip-len", type=int, default=6, help="frames per clip (default 6)")
     p.add_argument("--max-objects", type=int, default=3, help="objects per clip (default 3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -310,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-refresh-every", type=int, default=0,
                    help="with --freeze-bn, re-estimate BatchNorm statistics every N iterations so features stay "
                         "normalised as the weights move (default 0 = never; see models/README.md)")
+    p.add_argument("--locality-prior", type=float, default=3.5,
+                   help="from scratch: initialise the memory cross-attention to attend near each query's own "
+                        "position, with this amplitude (default 3.5; 0 = PyTorch's init; see models/README.md)")
     _add_memory_args(p)
     p.set_defaults(func=_cmd_train)
 
@@ -318,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the main job: run the ROS node on a video with the demo model; overlay video, J&F, tokens, ms",
         description="Generate a held-out synthetic video (or take --data/--sequence, or --video with --box), start "
         "tracker_node, play the frames on its image topic, prompt the objects of the first annotated frame through "
-        "its add_prompts service, collect tracks from ROS topics, write OUT/overlay.mp4 and print J&F, memory tokens "
-        "and ms per frame.",
+        "its add_prompts service (--prompt: their masks by default), collect tracks from ROS topics, write "
+        "OUT/overlay.mp4 and print J&F, memory tokens and ms per frame.",
     )
     p.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
     p.add_argument("--preset", default="tiny", help="model preset (default: tiny, the demo model)")
@@ -328,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequence", help="sequence name under --data")
     p.add_argument("--video", help="a video file, camera index or image folder (needs --box)")
     p.add_argument("--box", help="x1,y1,x2,y2 of the object on the first frame of --video")
+    p.add_argument("--prompt", choices=["mask", "box", "point"],
+                   help="prompt from the first annotated frame: its mask (default, as in DAVIS semi-supervised "
+                        "evaluation), its tight box, or one click at the mask's pixel farthest from its border; "
+                        "--video is prompted with --box")
     p.add_argument("--frames", type=int, default=50, help="frames to run (default 50)")
     p.add_argument("--size", default="256x256", help="HxW of the generated video (default 256x256)")
     p.add_argument("--seed", type=int, default=1000, help="seed of the generated video (default 1000, held out)")

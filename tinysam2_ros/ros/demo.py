@@ -3,9 +3,11 @@
 A driver node plays the video frame by frame on the ``image`` topic (the next frame
 goes out when the node's tracks for the previous one have arrived, so every frame is
 tracked and the run is reproducible), prompts the objects of the first annotated
-frame through the node's ``add_prompts`` service, rebuilds full masks from the
-``tracks`` messages, writes the ``overlay`` images to a video, and finally prints
-J&F (when annotations exist), memory tokens per object and milliseconds per frame.
+frame through the node's ``add_prompts`` service (with their masks by default, as in
+DAVIS semi-supervised evaluation; or their tight boxes, or one click inside each),
+rebuilds full masks from the ``tracks`` messages, writes the ``overlay`` images to a
+video, and finally prints J&F (when annotations exist), memory tokens per object and
+milliseconds per frame.
 """
 from __future__ import annotations
 
@@ -23,11 +25,11 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from ..evaluation.davis import annotation_paths, first_annotations, load_annotation, mask_to_box
+from ..evaluation.davis import annotation_paths, first_annotations, load_annotation, mask_to_box, mask_to_point
 from ..evaluation.metrics import j_and_f, summarize
 from ..msg import Prompt, TrackArray
 from ..srv import AddPrompts
-from .image_codec import image_msg_to_rgb, rgb_to_image_msg
+from .image_codec import image_msg_to_rgb, mask_to_image_msg, rgb_to_image_msg
 from .tracker_node import TrackerNode
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -98,7 +100,8 @@ def _wait(executor, predicate, timeout: float) -> bool:
 
 def run_demo(
     frames: list[np.ndarray],
-    prompts: dict[int, dict],  # obj_id -> {"box": [...]} or {"points": [[x, y]], "labels": [1]} on frame 0
+    prompts: dict[int, dict],  # obj_id -> on frame 0: {"mask": H x W bool}, {"box": [x1, y1, x2, y2]}
+    #                            or {"points": [[x, y]], "labels": [1]}
     gt: dict[int, np.ndarray] | None,  # frame index -> id map (uint8), optional
     out_dir: Path,
     preset: str,
@@ -131,7 +134,9 @@ def run_demo(
                 req = AddPrompts.Request()
                 for oid, p in sorted(prompts.items()):
                     msg = Prompt(obj_id=oid, label=f"object {oid}", action=Prompt.ACTION_ADD)
-                    if "box" in p:
+                    if "mask" in p:
+                        msg.mask = mask_to_image_msg(p["mask"])
+                    elif "box" in p:
                         msg.has_box = True
                         msg.box_xyxy = [float(v) for v in p["box"]]
                     else:
@@ -181,11 +186,30 @@ def run_demo(
     return result
 
 
-def load_davis_sequence(root: Path, seq: str) -> tuple[list[np.ndarray], dict[int, dict], dict[int, np.ndarray]]:
+PROMPT_KINDS = ("mask", "box", "point")
+
+
+def prompt_from_mask(kind: str, mask: np.ndarray) -> dict:
+    """A ``run_demo`` prompt from an annotated mask: the ``mask`` itself, its tight ``box``,
+    or a ``point``: one positive click at the pixel farthest from the object's border."""
+    if kind == "mask":
+        return {"mask": np.asarray(mask, dtype=bool)}
+    if kind == "box":
+        return {"box": mask_to_box(mask)}
+    if kind == "point":
+        x, y = mask_to_point(mask)
+        return {"points": [[x, y]], "labels": [1]}
+    raise ValueError(f"unknown prompt kind {kind!r} (one of {', '.join(PROMPT_KINDS)})")
+
+
+def load_davis_sequence(
+    root: Path, seq: str, prompt: str = "mask"
+) -> tuple[list[np.ndarray], dict[int, dict], dict[int, np.ndarray]]:
+    """Frames, the first frame's objects prompted as ``prompt`` (mask, box or point), and the annotations."""
     from ..evaluation.davis import load_frames
 
     frames = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in load_frames(root, seq)]
     firsts = first_annotations(root, seq)
-    prompts = {oid: {"box": mask_to_box(mask)} for oid, (f, mask) in firsts.items() if f == 0}
+    prompts = {oid: prompt_from_mask(prompt, mask) for oid, (f, mask) in firsts.items() if f == 0}
     gt = {i: load_annotation(p) for i, p in annotation_paths(root, seq).items()}
     return frames, prompts, gt

@@ -12,6 +12,9 @@ Every message is validated *before* its buffer is touched (also on the cv_bridge
 crash or silently mis-read truncated data).  Problems raise :class:`ImageDecodeError`, whose
 ``cause`` is a short machine-friendly tag so that a node can report each kind of problem once.
 
+Masks (a prompt's ``sensor_msgs/Image mask``) decode with :func:`image_msg_to_mask` to an
+``H x W`` bool array (mono8 or 8UC1, nonzero = object) and encode with :func:`mask_to_image_msg`.
+
 Encoding (tracker -> ROS) builds ``data`` from ``ndarray.tobytes()``: assigning a ``bytes`` object to
 a ``uint8[]`` field is a single buffer copy in rclpy (milliseconds for a 1080p frame), whereas
 assigning a numpy array or a list converts element by element (hundreds of milliseconds).
@@ -29,10 +32,13 @@ __all__ = [
     "ImageDecodeError",
     "OWN_ENCODINGS",
     "image_msg_to_rgb",
+    "image_msg_to_mask",
+    "MASK_ENCODINGS",
     "compressed_msg_to_rgb",
     "rgb_to_image_msg",
     "bgr_to_image_msg",
     "mono_to_image_msg",
+    "mask_to_image_msg",
     "cv_bridge_available",
 ]
 
@@ -191,6 +197,25 @@ def image_msg_to_rgb(msg: Image, *, use_cv_bridge: bool = True) -> np.ndarray:
     return _finish(_own_convert(msg, enc, buf), h, w)
 
 
+MASK_ENCODINGS = ("mono8", "8uc1")  # lower case, as compared
+
+
+def image_msg_to_mask(msg: Image) -> np.ndarray:
+    """Decode a mask image (``mono8`` or ``8UC1``, nonzero = object) to an ``H x W`` bool array.
+
+    Rows may be padded (``step > width``); the padding is ignored. The result owns its memory.
+    Raises :class:`ImageDecodeError` (``unsupported_encoding:<encoding>``, ``zero_size``,
+    ``bad_step`` or ``short_data``) for anything else.
+    """
+    enc = str(msg.encoding).strip().lower()
+    if enc not in MASK_ENCODINGS:
+        raise ImageDecodeError(f"unsupported_encoding:{msg.encoding}",
+                               "a mask must be mono8 or 8UC1 (nonzero = object)")
+    _, buf = _validate(msg)
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    return buf[: h * step].reshape(h, step)[:, :w] != 0
+
+
 def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
     """Decode a ``sensor_msgs/CompressedImage`` (JPEG, PNG, ... anything cv2.imdecode reads).
 
@@ -258,3 +283,11 @@ def mono_to_image_msg(arr: np.ndarray, header: Header | None = None) -> Image:
     if arr.dtype == np.uint16:
         return _new_msg(header, h, w, "mono16", w * 2, arr.astype("<u2", copy=False).tobytes())
     raise TypeError(f"mono image must be uint8 or uint16, not {arr.dtype}")
+
+
+def mask_to_image_msg(mask: np.ndarray, header: Header | None = None) -> Image:
+    """An ``H x W`` mask (bool, or any numbers: nonzero = object) as a mono8 Image (object = 255)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"expected an H x W mask, got shape {mask.shape}")
+    return mono_to_image_msg(np.where(mask != 0, np.uint8(255), np.uint8(0)), header)

@@ -31,7 +31,9 @@ class PromptRequest:
     box: list[float] | None = None
     points: list[list[float]] | None = None
     labels: list[int] | None = None
+    mask: np.ndarray | None = None  # H x W, nonzero = object (cannot be combined with box/points)
     stamp: float | None = None  # the image the prompt refers to; None = newest
+    error: str = ""  # set when the message could not be converted: the prompt is refused with it
 
 
 @dataclass
@@ -144,7 +146,10 @@ class TrackingSession:
             tr = self.tracker
             for req in requests:
                 out = PromptOutcome()
+                next_id = self._next_id
                 try:
+                    if req.error:
+                        raise PromptError(req.error)
                     oid = self._resolve_id(req)
                     if req.stamp is not None:
                         frame = tr.frame_for_stamp(req.stamp)
@@ -152,9 +157,11 @@ class TrackingSession:
                         frame = tr.frame_idx if apply_now and tr.frame_idx >= 0 else None
                     if req.action == ACTION_REPLACE:
                         tr.remove(oid)
-                    tr.add_prompt(oid, box=req.box, points=req.points, labels=req.labels, frame=frame, label=req.label)
+                    tr.add_prompt(oid, box=req.box, points=req.points, labels=req.labels, mask=req.mask, frame=frame,
+                                  label=req.label)
                     out.obj_id = oid
                 except (PromptError, TrackerError, ValueError) as exc:
+                    self._next_id = next_id  # a refused prompt does not use up an id
                     out.error = str(exc)
                     self.stats.errors["bad_prompt"] += 1
                 outcomes.append(out)

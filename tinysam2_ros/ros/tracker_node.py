@@ -6,7 +6,8 @@ deactivate / cleanup: release them again. With ``autostart`` (default) the node
 configures and activates itself, so a lifecycle manager is optional.
 
 Topics (relative names, remap or namespace them per camera):
-  in:  image (sensor_msgs/Image, or image/compressed), prompts (PromptArray),
+  in:  image (sensor_msgs/Image, or image/compressed), prompts (PromptArray: boxes, points
+       or masks),
        <image>_mouse_left and overlay_mouse_left (geometry_msgs/Point clicks)
   out: tracks (TrackArray), masks (mono16 label image, pixel = track id),
        overlay (bgr8), /diagnostics
@@ -30,7 +31,14 @@ from std_srvs.srv import Trigger
 from ..tracking.tracker import FrameResult
 from ..msg import PromptArray, Track, TrackArray
 from ..srv import AddPrompts, RemoveObject
-from .image_codec import ImageDecodeError, compressed_msg_to_rgb, image_msg_to_rgb, mono_to_image_msg, rgb_to_image_msg
+from .image_codec import (
+    ImageDecodeError,
+    compressed_msg_to_rgb,
+    image_msg_to_mask,
+    image_msg_to_rgb,
+    mono_to_image_msg,
+    rgb_to_image_msg,
+)
 from .params import PARAMS, SPECS, memory_overrides, validate
 from .render import crop_mask, draw_overlay, label_image
 from .session import PromptRequest, TrackingSession
@@ -44,13 +52,25 @@ def stamp_to_sec(stamp) -> float:
 
 
 def prompt_from_msg(p, default_stamp=None) -> PromptRequest:
-    """Prompt message -> PromptRequest (a zero stamp means "the newest frame")."""
+    """Prompt message -> PromptRequest (a zero stamp means "the newest frame").
+
+    Never raises for a bad mask image: the request then carries the reason in ``error``
+    and ``TrackingSession.add_prompts`` refuses that prompt alone (the others of the same
+    message are applied).
+    """
     stamp = stamp_to_sec(p.header.stamp) if (p.header.stamp.sec or p.header.stamp.nanosec) else default_stamp
     points = [[pt.x, pt.y] for pt in p.points] or None
+    mask, error = None, ""
+    if p.mask.width and p.mask.height:
+        try:
+            mask = image_msg_to_mask(p.mask)
+        except ImageDecodeError as exc:
+            error = f"bad mask image ({p.mask.width}x{p.mask.height}, {p.mask.encoding!r}): {exc}"
     return PromptRequest(
         obj_id=int(p.obj_id), label=p.label, action=int(p.action),
         box=[float(v) for v in p.box_xyxy] if p.has_box else None,
-        points=points, labels=[int(v) for v in p.point_labels] if points else None, stamp=stamp,
+        points=points, labels=[int(v) for v in p.point_labels] if points else None, mask=mask, stamp=stamp,
+        error=error,
     )
 
 
