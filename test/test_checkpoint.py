@@ -11,6 +11,8 @@ from tinysam2_ros.checkpoint import (
     load_checkpoint,
     load_state_dict_into,
     read_state_dict,
+    resolve_preset,
+    saved_preset,
     state_dict_from_key_listing,
 )
 from tinysam2_ros.modeling.build import build_model
@@ -62,6 +64,32 @@ def test_safetensors_and_bare_state_dict(tmp_path):
         assert load_checkpoint(fresh, tmp_path / name).ok
         key = "sam_mask_decoder.iou_token.weight"
         assert torch.equal(fresh.state_dict()[key], sd[key].float())
+
+
+def test_saved_preset_is_checked_and_resolved(tmp_path):
+    """tiny and tiny_norm share every tensor but compute differently: weights saved by the
+    trainer name their preset, a load under another preset is refused, tools default to it."""
+    from tinysam2_ros.training.trainer import save_weights
+
+    model = build_model("tiny_norm")
+    path = tmp_path / "w.safetensors"
+    save_weights(model, path, preset="tiny_norm")
+    assert saved_preset(path) == "tiny_norm"
+    assert load_checkpoint(build_model("tiny_norm"), path, preset="tiny_norm").ok
+    with pytest.raises(CheckpointError, match="saved from preset 'tiny_norm', not 'tiny'.*--preset tiny_norm"):
+        load_checkpoint(build_model("tiny"), path, preset="tiny")
+    assert load_checkpoint(build_model("tiny"), path).ok  # no preset named: the caller knows best
+    assert resolve_preset(None, path, "tinysam2") == "tiny_norm"
+    assert resolve_preset(None, None, "tinysam2") == "tinysam2"
+    plain = tmp_path / "plain.safetensors"
+    save_weights(model, plain)
+    assert saved_preset(plain) is None and resolve_preset("tiny", plain, "tinysam2") == "tiny"
+    assert saved_preset(tmp_path / "missing.safetensors") is None
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 64)
+    assert saved_preset(tmp_path / "bad.safetensors") is None  # read_state_dict reports it
+    t = build_model("sam2.1_hiera_t")
+    save_weights(t, tmp_path / "t.safetensors", preset="sam2.1_hiera_t")
+    assert resolve_preset("sam2.1_hiera_tiny", tmp_path / "t.safetensors", "x") == "sam2.1_hiera_tiny"  # an alias
 
 
 def test_bad_files_give_clear_errors(tmp_path, edgetam_fixture_dir):

@@ -116,6 +116,16 @@ def test_eval_command_reports_compression(tmp_path, capsys):
     for key in ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder", "total"):
         assert res["overall"]["ms_per_frame"][key] >= 0
     assert main(["eval", str(tmp_path / "nothing")]) == 2
+    # weights that name their preset: eval builds it without --preset and refuses another one
+    from tinysam2_ros.modeling.build import build_model
+    from tinysam2_ros.training.trainer import save_weights
+
+    save_weights(build_model("tiny_norm"), tmp_path / "w.safetensors", preset="tiny_norm")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path), "--checkpoint", str(tmp_path / "w.safetensors"), "--max-frames", "2"]) == 0
+    assert "overall" in capsys.readouterr().out
+    assert main(["eval", str(tmp_path), "--preset", "tiny", "--checkpoint", str(tmp_path / "w.safetensors")]) == 2
+    assert "saved from preset 'tiny_norm'" in capsys.readouterr().err
 
 
 def test_memory_report_table_and_plot(tmp_path, capsys):

@@ -368,6 +368,17 @@ def test_bad_checkpoint_fails_configure_cleanly(ros, tmp_path):
         assert node.session is None and not node._configured  # stays unconfigured, process alive
     finally:
         node.destroy_node()
+    # weights saved from another preset with the same tensors (tiny_norm) are refused too
+    from tinysam2_ros.modeling.build import build_model
+    from tinysam2_ros.training.trainer import save_weights
+
+    other = tmp_path / "norm.safetensors"
+    save_weights(build_model("tiny_norm"), other, preset="tiny_norm")
+    node = TrackerNode(parameter_overrides=[Parameter("preset", value="tiny"), Parameter("checkpoint", value=str(other))])
+    try:
+        assert node.session is None and not node._configured
+    finally:
+        node.destroy_node()
 
 
 def test_flood_is_dropped_not_queued(ros, checkpoint):

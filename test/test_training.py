@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinysam2_ros.checkpoint import load_checkpoint
+from tinysam2_ros.checkpoint import load_checkpoint, saved_preset
 from tinysam2_ros.evaluation.toydata import make_toy_sequence
 from tinysam2_ros.memory.config import MemoryConfig
 from tinysam2_ros.modeling.build import build_model
@@ -61,11 +61,12 @@ def held_out_loss(model, root) -> float:
 
 def test_short_training_beats_the_untrained_model(data, tmp_path):
     torch.manual_seed(0)
-    untrained = held_out_loss(build_model("tiny").eval(), data)
-    weights = train(TrainConfig(str(data), str(tmp_path / "run"), iterations=80, warmup=5, clip_len=4, save_every=40),
-                    log=lambda *_: None)
-    trained = build_model("tiny")
-    assert load_checkpoint(trained, weights).ok
+    cfg = TrainConfig(str(data), str(tmp_path / "run"), iterations=80, warmup=5, clip_len=4, save_every=40)
+    untrained = held_out_loss(build_model(cfg.preset).eval(), data)
+    weights = train(cfg, log=lambda *_: None)
+    trained = build_model(cfg.preset)
+    assert load_checkpoint(trained, weights, preset=cfg.preset).ok
+    assert saved_preset(weights) == cfg.preset == "tiny_norm"
     assert held_out_loss(trained.eval(), data) < 0.9 * untrained
     rows = list(csv.DictReader(open(tmp_path / "run" / "train_log.csv")))
     assert len(rows) == 80 and float(rows[-1]["loss"]) > 0
@@ -86,9 +87,11 @@ def test_training_resumes(data, tmp_path):
 def test_from_scratch_training_estimates_batchnorm_statistics(data, tmp_path):
     """Fixed BatchNorm at its default statistics lets the signal fade; training from scratch
     first estimates them from clips (and keeps them fixed while it trains)."""
+    messages = []
     weights = train(TrainConfig(str(data), str(tmp_path / "run"), iterations=1, warmup=1, clip_len=3, bn_init_clips=2),
-                    log=lambda *_: None)
-    model = build_model("tiny")
+                    log=messages.append)
+    assert any("locality prior of amplitude 3.5" in m for m in messages)
+    model = build_model("tiny_norm")
     load_checkpoint(model, weights)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(not torch.allclose(bn.running_var, torch.ones_like(bn.running_var)) for bn in bns)
@@ -100,7 +103,7 @@ def test_batchnorm_statistics_follow_the_weights_while_training(data, tmp_path):
     def final_stats(refresh: int):
         cfg = TrainConfig(str(data), str(tmp_path / f"run{refresh}"), iterations=4, warmup=1, clip_len=2,
                           lr=5e-2, bn_init_clips=2, bn_refresh_every=refresh)
-        model = build_model("tiny")
+        model = build_model("tiny_norm")
         load_checkpoint(model, train(cfg, log=lambda *_: None))
         return torch.cat([m.running_mean for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)])
 

@@ -4,7 +4,10 @@ Accepted files: the official ``{"model": state_dict}`` (or a bare state_dict) in
 ``.pt``/``.pth`` read with ``torch.load(weights_only=True)`` (no arbitrary
 unpickling), or a ``.safetensors`` file. Half-precision tensors are upcast to the
 model's dtype. A mismatch is reported key by key, with a guess at the preset the
-file was made for.
+file was made for. Weights saved by ``tinysam2 train`` name their preset in the
+safetensors metadata: presets with the same tensors (``tiny`` and ``tiny_norm``)
+compute different things, so a file is refused under another preset, and the
+command-line tools take the preset from the file when none is given.
 """
 from __future__ import annotations
 
@@ -16,8 +19,43 @@ import torch
 from torch import nn
 
 
+PRESET_METADATA_KEY = "tinysam2_ros.preset"
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used with the requested model."""
+
+
+def saved_preset(path: str | Path | None) -> str | None:
+    """The preset a ``.safetensors`` file was saved from (its metadata), else ``None``."""
+    if not path or Path(path).suffix != ".safetensors" or not Path(path).is_file():
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return (fh.metadata() or {}).get(PRESET_METADATA_KEY)
+    except (SafetensorError, OSError, ValueError):
+        return None  # unreadable: read_state_dict reports it
+
+
+def _canonical(preset: str) -> str:
+    from .modeling.presets import ALIASES
+
+    return ALIASES.get(preset, preset)
+
+
+def resolve_preset(requested: str | None, checkpoint: str | Path | None, default: str) -> str:
+    """The preset to build: the requested one, else the checkpoint's own, else ``default``.
+
+    Raises CheckpointError when the checkpoint names a different preset."""
+    own = saved_preset(checkpoint)
+    if requested is None:
+        return own or default
+    if own is not None and _canonical(own) != _canonical(requested):
+        raise CheckpointError(f"{checkpoint} was saved from preset {own!r}, not {requested!r}: "
+                              f"use --preset {own} (or leave --preset out)")
+    return requested
 
 
 @dataclass
@@ -118,8 +156,12 @@ def load_state_dict_into(model: nn.Module, state_dict: dict[str, torch.Tensor], 
     return report
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> LoadReport:
-    """Load ``path`` into ``model`` (strict by default) and return what happened."""
+def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True, preset: str | None = None) -> LoadReport:
+    """Load ``path`` into ``model`` (strict by default) and return what happened.
+
+    ``preset``: the name ``model`` was built from; refused if the file names another."""
+    if preset is not None:
+        resolve_preset(preset, path, preset)
     return load_state_dict_into(model, read_state_dict(path), strict=strict)
 
 

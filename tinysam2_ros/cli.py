@@ -45,11 +45,12 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .checkpoint import resolve_preset
     from .evaluation.run_eval import run_eval, write_json
 
     try:
         out = run_eval(
-            args.data_root, preset=args.preset, checkpoint=args.checkpoint, memory_overrides=_memory_overrides(args),
+            args.data_root, preset=resolve_preset(args.preset, args.checkpoint, "tinysam2"), checkpoint=args.checkpoint, memory_overrides=_memory_overrides(args),
             prompt=args.prompt, sequences=args.sequences.split(",") if args.sequences else None,
             max_frames=args.max_frames, device=args.device, backend=args.backend, engine_dir=args.engine_dir,
         )
@@ -139,6 +140,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 DEMO_MODEL = "models/demo_tiny.safetensors"
+DEMO_PRESET = "tiny"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -146,12 +148,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
 
+    from .checkpoint import CheckpointError, resolve_preset
     from .ros.demo import load_davis_sequence, run_demo
 
     out = Path(args.out)
-    checkpoint = args.checkpoint or (_package_file(DEMO_MODEL) if args.preset == "tiny" else None)
+    checkpoint = args.checkpoint or (_package_file(DEMO_MODEL) if args.preset in (None, DEMO_PRESET) else None)
     if checkpoint and not Path(checkpoint).is_file():
         print(f"tinysam2 demo: checkpoint {checkpoint} not found", file=sys.stderr)
+        return 2
+    try:
+        preset = resolve_preset(args.preset, checkpoint, DEMO_PRESET)
+    except CheckpointError as exc:
+        print(f"tinysam2 demo: {exc}", file=sys.stderr)
         return 2
     if args.video:
         from .ros.video_source import FrameReader
@@ -190,9 +198,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         source = f"{root}/{seq}"
     params = {f"memory.{k}": v for k, v in _memory_overrides(args).items()}
     params["device"] = args.device
-    print(f"demo: {len(frames)} frames of {source}, {prompt_kind} prompts, preset {args.preset}, "
+    print(f"demo: {len(frames)} frames of {source}, {prompt_kind} prompts, preset {preset}, "
           f"weights {checkpoint or 'random'}")
-    res = run_demo(frames, prompts, gt, out, args.preset, checkpoint, params=params)
+    res = run_demo(frames, prompts, gt, out, preset, checkpoint, params=params)
     print(f"overlay video: {res.overlay_path}")
     if res.jf:
         print(f"J&F {res.jf['JF']:.3f} (J {res.jf['J']:.3f}, F {res.jf['F']:.3f}) over {res.jf['objects']} object(s)")
@@ -249,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         "object per frame and as a % of SAM 2.1's 7x4096, memory bytes per object, and ms per frame per stage.",
     )
     p.add_argument("data_root", help="directory with JPEGImages/<seq>/*.jpg and Annotations/<seq>/*.png")
-    p.add_argument("--preset", default="tinysam2", help="model preset (default: tinysam2)")
+    p.add_argument("--preset", help="model preset (default: the one named in the checkpoint, else tinysam2)")
     p.add_argument("--checkpoint", help="checkpoint (.pt or .safetensors); without one the weights are random")
     p.add_argument("--prompt", choices=["mask", "box", "point"], default="mask", help="prompt from the first annotation")
     p.add_argument("--sequences", help="comma-separated sequence names (default: all)")
@@ -332,8 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/overlay.mp4 and print J&F, memory tokens and ms per frame.",
     )
     p.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
-    p.add_argument("--preset", default="tiny", help="model preset (default: tiny, the demo model)")
-    p.add_argument("--checkpoint", help=f"weights (default for preset tiny: {DEMO_MODEL})")
+    p.add_argument("--preset", help=f"model preset (default: the one named in the checkpoint, else {DEMO_PRESET}, "
+                   "the demo model's)")
+    p.add_argument("--checkpoint", help=f"weights (default for preset {DEMO_PRESET}: {DEMO_MODEL})")
     p.add_argument("--data", help="DAVIS-layout root to take the sequence from instead of generating one")
     p.add_argument("--sequence", help="sequence name under --data")
     p.add_argument("--video", help="a video file, camera index or image folder (needs --box)")

@@ -77,7 +77,7 @@ def run_export(args: argparse.Namespace) -> int:
     model = build_model(preset)
     if args.checkpoint:
         try:
-            report = load_checkpoint(model, args.checkpoint)
+            report = load_checkpoint(model, args.checkpoint, preset=args.preset)
         except CheckpointError as exc:
             return fail(str(exc))
         print(f"preset {args.preset}: {report.loaded} tensors from {args.checkpoint}")

@@ -41,7 +41,7 @@ def run_benchmark(preset: str, backends: list[str], objects: int = 1, iters: int
     p = get_preset(preset)
     model = build_model(p).to(device)
     if checkpoint:
-        load_checkpoint(model, checkpoint)
+        load_checkpoint(model, checkpoint, preset=preset)
     memory = MemoryConfig.from_dict(p["memory"])
     k = dynamic_ranges(model, memory)["K"]["opt"]
     inputs = {s: list(example_inputs(model, s, b=objects, n=2, k=k).values()) for s in STAGE_NAMES}

@@ -124,7 +124,7 @@ def run_eval(
     torch.manual_seed(seed)
     model = build_model(preset_dict).to(device)
     if checkpoint:
-        load_checkpoint(model, checkpoint)
+        load_checkpoint(model, checkpoint, preset=preset)
     else:
         log(f"warning: no checkpoint given, {preset} runs with random weights (numbers are meaningless for quality)")
     config = TrackerConfig.from_preset(preset_dict, memory_overrides)

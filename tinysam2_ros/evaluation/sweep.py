@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..checkpoint import resolve_preset
 from ..modeling.presets import SAM21_MEMORY_TOKENS, get_preset
 from .run_eval import run_eval, write_json
 
@@ -85,6 +86,18 @@ def _plot(rows: list[dict], path: Path, preset: str) -> None:
     plt.close(fig)
 
 
+def _cmd_memory_report(a) -> int:
+    import sys
+
+    try:
+        preset = resolve_preset(a.preset, a.checkpoint, "tiny")
+        memory_report(a.data_root, preset, a.checkpoint, a.out, prompt=a.prompt, max_frames=a.max_frames)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        print(f"tinysam2 memory-report: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def add_memory_report_parser(subparsers):
     p = subparsers.add_parser(
         "memory-report",
@@ -94,11 +107,10 @@ def add_memory_report_parser(subparsers):
         "and of SAM 2.1's 7x4096), memory bytes and ms per frame; write memory_report.json and memory_report.png.",
     )
     p.add_argument("data_root", help="DAVIS-layout directory (e.g. a held-out `tinysam2 synth` set)")
-    p.add_argument("--preset", default="tiny", help="model preset (default: tiny)")
+    p.add_argument("--preset", help="model preset (default: the one named in the checkpoint, else tiny)")
     p.add_argument("--checkpoint", help="weights (default: none = random)")
     p.add_argument("--out", default="out/memory_report", help="output directory (default: out/memory_report)")
     p.add_argument("--prompt", choices=["mask", "box", "point"], default="mask", help="prompt from the first annotation")
     p.add_argument("--max-frames", type=int, help="only the first N frames of each sequence")
-    p.set_defaults(func=lambda a: (memory_report(a.data_root, a.preset, a.checkpoint, a.out, prompt=a.prompt,
-                                                 max_frames=a.max_frames), 0)[1])
+    p.set_defaults(func=_cmd_memory_report)
     return p

@@ -147,7 +147,7 @@ class TrackerNode(LifecycleNode):
             preset = get_preset(v["preset"])
             model = build_model(preset).to(v["device"])
             if v["checkpoint"]:
-                load_checkpoint(model, v["checkpoint"])
+                load_checkpoint(model, v["checkpoint"], preset=v["preset"])
             else:
                 self.get_logger().warning("no checkpoint set: running with random weights (masks are meaningless)")
             config = TrackerConfig.from_preset(

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import PRESET_METADATA_KEY, load_checkpoint
 from ..memory.config import MemoryConfig
 from ..modeling.build import build_model
 from ..modeling.presets import get_preset
@@ -125,10 +125,11 @@ def teacher_forcing_at(cfg: TrainConfig, it: int) -> float:
     return cfg.teacher_forcing * max(0.0, 1.0 - it / end)
 
 
-def save_weights(model, path: Path, dtype: torch.dtype = torch.float16) -> None:
-    """Deployable weights as safetensors (half precision by default; the loader upcasts)."""
+def save_weights(model, path: Path, dtype: torch.dtype = torch.float16, preset: str | None = None) -> None:
+    """Deployable weights as safetensors (half precision by default; the loader upcasts),
+    naming ``preset`` in the metadata so tools build the right model for them."""
     sd = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
-    save_file(sd, str(path))
+    save_file(sd, str(path), metadata={PRESET_METADATA_KEY: preset} if preset else None)
 
 
 def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> Path:
@@ -143,7 +144,7 @@ def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> 
     torch.manual_seed(cfg.seed)
     model = build_model(preset).to(device)
     if cfg.init_checkpoint:
-        load_checkpoint(model, cfg.init_checkpoint)
+        load_checkpoint(model, cfg.init_checkpoint, preset=cfg.preset)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
     state_path = out / "last.pt"
@@ -210,6 +211,6 @@ def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> 
         recalibrate_batchnorm(model, sampler, cfg.bn_recalibration_clips, cfg.seed, device)
     model.eval()
     final = out / "model.safetensors"
-    save_weights(model, final)
+    save_weights(model, final, preset=cfg.preset)
     log(f"saved {final} ({final.stat().st_size / 1e6:.2f} MB) after {it + 1} iterations")
     return final
