@@ -312,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dice-weight", type=float, default=10.0,
                    help="dice loss weight (default 10; SAM 2 uses 1, which collapses small objects to empty masks "
                         "when training from scratch)")
-    p.add_argument("--prompt-mix", type=_prompt_mix, default=(0.3, 0.4, 0.3), metavar="MASK,BOX,CLICKS",
-                   help="relative frequencies of first-frame prompt kinds (default 0.3,0.4,0.3)")
+    p.add_argument("--prompt-mix", type=_prompt_mix, default=(0.7, 0.15, 0.15), metavar="MASK,BOX,CLICKS",
+                   help="relative frequencies of first-frame prompt kinds (default 0.7,0.15,0.15)")
     p.add_argument("--teacher-forcing", type=float, default=0.0,
                    help="initial probability of writing a frame's memory from its ground truth instead of the "
                         "prediction, falling linearly to 0 (default 0 = SAM 2's recipe; helps training from scratch)")
