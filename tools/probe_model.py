@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tinysam2_ros.checkpoint import load_checkpoint
+from tinysam2_ros.checkpoint import load_checkpoint, resolve_preset
 from tinysam2_ros.evaluation.davis import first_annotations, list_sequences, load_frames
 from tinysam2_ros.evaluation.run_eval import prompt_kwargs
 from tinysam2_ros.modeling.build import build_model
@@ -27,13 +27,14 @@ from tinysam2_ros.tracking.tracker import Tracker, TrackerConfig
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data_root")
-    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--preset", help="default: the one named in the checkpoint, else tiny")
     ap.add_argument("--checkpoint")
     args = ap.parse_args()
-    preset = get_preset(args.preset)
+    name = resolve_preset(args.preset, args.checkpoint, "tiny")
+    preset = get_preset(name)
     model = build_model(preset)
     if args.checkpoint:
-        load_checkpoint(model, args.checkpoint)
+        load_checkpoint(model, args.checkpoint, preset=name)
     for seq in list_sequences(args.data_root):
         on_first_frame = [(oid, mask) for oid, (f, mask) in first_annotations(args.data_root, seq).items() if f == 0]
         if len(on_first_frame) >= 2:
