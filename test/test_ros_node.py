@@ -158,6 +158,13 @@ def mask_prompt(mask=None, encoding="mono8", height=H, width=W, data=None, obj_i
     return p
 
 
+def tracks_on_new_frames(h, frames: int = 3, count: int = 1):
+    """Publish ``frames`` frames; the tracks message of the last one, once it holds ``count`` tracks."""
+    stamps = h.publish_frames(frames)
+    assert h.wait_for(lambda: any(m.header.stamp == stamps[-1] and len(m.tracks) == count for m in h.tracks))
+    return next(m for m in h.tracks if m.header.stamp == stamps[-1])
+
+
 def test_mask_prompt_creates_a_track(harness):
     h = harness
     h.publish_frames(2)
@@ -176,9 +183,7 @@ def test_mask_prompt_creates_a_track(harness):
     p.mask.step, p.mask.data = W + 4, padded.tobytes()
     h.prompt_pub.publish(PromptArray(prompts=[p]))
     time.sleep(0.3)
-    stamps = h.publish_frames(3)
-    assert h.wait_for(lambda: any(m.header.stamp == stamps[-1] and len(m.tracks) == 2 for m in h.tracks))
-    msg = next(m for m in h.tracks if m.header.stamp == stamps[-1])
+    msg = tracks_on_new_frames(h, count=2)
     assert {(t.id, t.label) for t in msg.tracks} == {(1, "seg"), (2, "padded")}
     assert h.node.session.stats.errors["bad_prompt"] == 0
 
@@ -212,9 +217,7 @@ def test_bad_mask_prompts_are_refused_alone(harness):
     # the prompts topic: a bad mask is logged and counted, the valid prompt beside it is queued
     h.prompt_pub.publish(PromptArray(prompts=[mask_prompt(encoding="bgr8"), mask_prompt(label="ok")]))
     assert h.wait_for(lambda: h.node.session.stats.errors["bad_prompt"] == 6)
-    stamps = h.publish_frames(3)
-    assert h.wait_for(lambda: any(m.header.stamp == stamps[-1] and len(m.tracks) == 2 for m in h.tracks))
-    msg = next(m for m in h.tracks if m.header.stamp == stamps[-1])
+    msg = tracks_on_new_frames(h, count=2)
     assert {(t.id, t.label) for t in msg.tracks} == {(1, "cup"), (2, "ok")}
     assert h.node.session.stats.errors["bad_prompt"] == 6
 
