@@ -306,6 +306,9 @@ def test_services_remove_and_reset(harness):
     assert h.wait_for(lambda: h.processed() >= 1)
     res = h.call(h.add, AddPrompts.Request(prompts=[box_prompt([20, 30, 50, 60]), box_prompt([70, 40, 110, 80])]))
     assert res.success and list(res.obj_ids) == [1, 2]
+    # a REPLACE whose prompt is refused leaves the object as it was
+    res = h.call(h.add, AddPrompts.Request(prompts=[box_prompt([70, 40, 60, 80], obj_id=2, action=Prompt.ACTION_REPLACE)]))
+    assert not res.success and 2 in h.node.session.tracker.object_ids
     res = h.call(h.add, AddPrompts.Request(prompts=[box_prompt([22, 30, 52, 60], obj_id=1, action=Prompt.ACTION_REFINE),
                                                     box_prompt([70, 40, 100, 80], obj_id=2, action=Prompt.ACTION_REPLACE)]))
     assert res.success and list(res.obj_ids) == [1, 2]

@@ -155,10 +155,8 @@ class TrackingSession:
                         frame = tr.frame_for_stamp(req.stamp)
                     else:
                         frame = tr.frame_idx if apply_now and tr.frame_idx >= 0 else None
-                    if req.action == ACTION_REPLACE:
-                        tr.remove(oid)
                     tr.add_prompt(oid, box=req.box, points=req.points, labels=req.labels, mask=req.mask, frame=frame,
-                                  label=req.label)
+                                  label=req.label, replace=req.action == ACTION_REPLACE)
                     out.obj_id = oid
                 except (PromptError, TrackerError, ValueError) as exc:
                     self._next_id = next_id  # a refused prompt does not use up an id

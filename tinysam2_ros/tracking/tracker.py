@@ -184,13 +184,15 @@ class Tracker:
 
     def add_prompt(
         self, obj_id: int, box=None, points=None, labels=None, mask=None,
-        frame: int | None = None, stamp: float | None = None, label: str = "",
+        frame: int | None = None, stamp: float | None = None, label: str = "", replace: bool = False,
     ) -> int:
         """Queue a prompt for ``obj_id``; returns the frame it applies to.
 
         ``frame`` or ``stamp`` name the frame the prompt was made on (default: the
         next frame). A past frame still in the feature window is re-decoded with the
         prompt at the next ``step`` and the object propagated forward to the present.
+        ``replace``: drop the object's memory and restart it from this prompt, only once
+        the prompt is known to be valid (a refused prompt leaves the object as it was).
         """
         if obj_id <= 0:
             raise TrackerError(f"object ids are positive integers, got {obj_id}")
@@ -210,6 +212,8 @@ class Tracker:
         elif self._frames:
             hw = next(reversed(self._frames.values())).hw  # validate against the stream's size
         prompt = make_prompt(box=box, points=points, labels=labels, mask=mask, frame_hw=hw)
+        if replace:
+            self.remove(obj_id)
         self._pending.append((int(obj_id), target, prompt, label))
         return target
 
