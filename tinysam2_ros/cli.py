@@ -49,8 +49,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation.run_eval import run_eval, write_json
 
     try:
+        preset = resolve_preset(args.preset, args.checkpoint, "tinysam2")
         out = run_eval(
-            args.data_root, preset=resolve_preset(args.preset, args.checkpoint, "tinysam2"), checkpoint=args.checkpoint, memory_overrides=_memory_overrides(args),
+            args.data_root, preset=preset, checkpoint=args.checkpoint, memory_overrides=_memory_overrides(args),
             prompt=args.prompt, sequences=args.sequences.split(",") if args.sequences else None,
             max_frames=args.max_frames, device=args.device, backend=args.backend, engine_dir=args.engine_dir,
         )
@@ -146,7 +147,6 @@ DEMO_PRESET = "tiny"
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The main job: the ROS node on a (generated or given) video, with a report."""
     from pathlib import Path
-
 
     from .checkpoint import CheckpointError, resolve_preset
     from .ros.demo import load_davis_sequence, run_demo
