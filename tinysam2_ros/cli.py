@@ -140,8 +140,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_MODEL = "models/demo_tiny.safetensors"
-DEMO_PRESET = "tiny"
+DEMO_MODEL = "models/demo_tiny_norm.safetensors"
+DEMO_PRESET = "tiny_norm"
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -312,8 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dice-weight", type=float, default=10.0,
                    help="dice loss weight (default 10; SAM 2 uses 1, which collapses small objects to empty masks "
                         "when training from scratch)")
-    p.add_argument("--prompt-mix", type=_prompt_mix, default=(0.7, 0.15, 0.15), metavar="MASK,BOX,CLICKS",
-                   help="relative frequencies of first-frame prompt kinds (default 0.7,0.15,0.15)")
+    p.add_argument("--prompt-mix", type=_prompt_mix, default=(1.0, 0.0, 0.0), metavar="MASK,BOX,CLICKS",
+                   help="relative frequencies of first-frame prompt kinds (default 1,0,0: masks only)")
     p.add_argument("--teacher-forcing", type=float, default=0.0,
                    help="initial probability of writing a frame's memory from its ground truth instead of the "
                         "prediction, falling linearly to 0 (default 0 = SAM 2's recipe; helps training from scratch)")

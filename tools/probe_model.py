@@ -5,7 +5,7 @@ A model whose image features have grown far beyond its prompt and mask embedding
 the memory. This prints the feature scale and how much the first-frame mask and the
 next frame's tracked mask change between two objects of one DAVIS-layout sequence.
 
-    .venv/bin/python tools/probe_model.py out/synth_heldout --checkpoint models/demo_tiny.safetensors
+    .venv/bin/python tools/probe_model.py out/synth_heldout --checkpoint models/demo_tiny_norm.safetensors
 """
 from __future__ import annotations
 

@@ -14,14 +14,18 @@ from ..checkpoint import resolve_preset
 from ..modeling.presets import SAM21_MEMORY_TOKENS, get_preset
 from .run_eval import run_eval, write_json
 
-# name -> memory overrides; "off" is SAM 2's memory (the reference)
+# name -> memory overrides; "off" is SAM 2's memory (the reference). Rows other than the
+# last keep the preset's rule for which frames hold a slot; the last one applies TinySAM 2's
+# quality rule (write threshold 0.3, quality-ranked slots) whatever the preset says.
 DEFAULT_SETTINGS: dict[str, dict] = {
     "full (SAM 2)": {"compression": "off"},
-    "quality only": {"compression": "tinysam2", "pool_factor": 1, "token_budget": 0},
+    "slots only, pool 1": {"compression": "tinysam2", "pool_factor": 1, "token_budget": 0},
     "pool 2": {"compression": "tinysam2", "pool_factor": 2, "token_budget": 0},
     "pool 2, 14%": {"compression": "tinysam2", "pool_factor": 2, "token_budget": 256},
     "pool 2, 7%": {"compression": "tinysam2", "pool_factor": 2, "token_budget": 125},
     "pool 4, 3.5%": {"compression": "tinysam2", "pool_factor": 4, "token_budget": 63},
+    "pool 2, 14%, quality slots": {"compression": "tinysam2", "pool_factor": 2, "token_budget": 256,
+                                   "write_threshold": 0.3, "keep_recent": 1},
 }
 
 
@@ -52,12 +56,13 @@ def memory_report(root: str | Path, preset: str, checkpoint: str | None, out_dir
         write_json(res, out_dir / f"eval_{len(rows):02d}.json")
     ref = rows[0]["JF"]
     log(f"\npreset {preset}, checkpoint {checkpoint}, data {root}, prompt {prompt}; full memory = {full} tokens")
-    log(f"{'setting':<16} {'J&F':>6} {'vs full':>8} {'tokens':>7} {'% full':>7} {'% SAM2.1':>9} {'KiB':>6} "
+    width = max(16, *(len(r["setting"]) for r in rows))
+    log(f"{'setting':<{width}} {'J&F':>6} {'vs full':>8} {'tokens':>7} {'% full':>7} {'% SAM2.1':>9} {'KiB':>6} "
         f"{'mem-attn ms':>11} {'total ms':>9}")
     for r in rows:
         rel = f"{100 * r['JF'] / ref:7.1f}%" if ref and ref == ref else "     n/a"
         r["pct_of_full_jf"] = 100 * r["JF"] / ref if ref and ref == ref else None
-        log(f"{r['setting']:<16} {r['JF']:6.3f} {rel} {r['memory_tokens']:7.0f} "
+        log(f"{r['setting']:<{width}} {r['JF']:6.3f} {rel} {r['memory_tokens']:7.0f} "
             f"{r['pct_full']:6.1f}% {r['pct_sam21']:8.2f}% {r['memory_bytes'] / 1024:6.0f} "
             f"{r['ms_per_frame']['memory_attention']:11.1f} {r['ms_per_frame']['total']:9.1f}")
     (out_dir / "memory_report.json").write_text(json.dumps(rows, indent=2))
@@ -73,10 +78,15 @@ def _plot(rows: list[dict], path: Path, preset: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    placed: list[tuple[float, float]] = []
     for r in rows:
-        ax.scatter(r["memory_tokens"], r["JF"], s=40)
-        ax.annotate(r["setting"], (r["memory_tokens"], r["JF"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        point = (r["memory_tokens"], r["JF"])
+        ax.scatter(*point, s=40)
+        stacked = sum(1 for p in placed if p == point)  # settings that landed on the same point
+        ax.annotate(r["setting"], point, textcoords="offset points", xytext=(5, 4 - 11 * stacked), fontsize=8)
+        placed.append(point)
     ax.set_xscale("log")
+    ax.margins(x=0.35, y=0.1)  # room for the labels right of the points
     ax.set_xlabel("spatial memory tokens per object per frame (log)")
     ax.set_ylabel("J&F")
     ax.set_title(f"{preset}: J&F vs memory tokens")
