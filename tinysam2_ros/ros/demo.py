@@ -154,8 +154,11 @@ def run_demo(
         elapsed = time.time() - t_start
         _wait(executor, lambda: len(driver.overlays) >= len(frames) - 1, timeout=5.0)
     finally:
-        executor.shutdown(timeout_sec=2.0)
+        # Stop the node's worker before the executor: a frame it publishes after the
+        # executor is gone leaves a callback task that fails on the destroyed node.
         node.on_shutdown(None)
+        _wait(executor, lambda: False, timeout=0.1)  # run what is already queued
+        executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
         driver.destroy_node()
         if own_context:
