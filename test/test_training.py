@@ -134,6 +134,16 @@ def test_tiny_preset_tracks_with_one_mask():
     assert model.use_multimask(True, 1)
 
 
+def test_learning_rate_schedule():
+    from tinysam2_ros.training.trainer import _lr_at
+
+    long = TrainConfig("d", "o", iterations=2000, warmup=100, lr=1e-3)
+    assert _lr_at(long, 0) == pytest.approx(1e-5) and _lr_at(long, 99) == pytest.approx(1e-3)
+    assert _lr_at(long, 1999) == pytest.approx(5e-5, rel=1e-2)  # cosine down to 5 %
+    short = TrainConfig("d", "o", iterations=100, warmup=100, lr=1e-3)  # warm-up capped at a tenth
+    assert _lr_at(short, 9) == pytest.approx(1e-3) and _lr_at(short, 50) < 1e-3
+
+
 def test_prompt_mix_argument():
     import argparse
 

@@ -116,9 +116,11 @@ def recalibrate_batchnorm(model, sampler: ClipSampler, clips: int, seed: int, de
 
 
 def _lr_at(cfg: TrainConfig, it: int) -> float:
-    if it < cfg.warmup:
-        return cfg.lr * (it + 1) / cfg.warmup
-    progress = (it - cfg.warmup) / max(cfg.iterations - cfg.warmup, 1)
+    """Linear warm-up (at most a tenth of a short run), then cosine decay to 5 % of the peak."""
+    warmup = max(1, min(cfg.warmup, cfg.iterations // 10))
+    if it < warmup:
+        return cfg.lr * (it + 1) / warmup
+    progress = (it - warmup) / max(cfg.iterations - warmup, 1)
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
