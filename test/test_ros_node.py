@@ -158,11 +158,14 @@ def mask_prompt(mask=None, encoding="mono8", height=H, width=W, data=None, obj_i
     return p
 
 
-def tracks_on_new_frames(h, frames: int = 3, count: int = 1):
-    """Publish ``frames`` frames; the tracks message of the last one, once it holds ``count`` tracks."""
+def assert_tracks_on_new_frames(h, expected: set[tuple[int, str]], bad_prompts: int, frames: int = 3) -> None:
+    """Publish ``frames`` frames; the last one's tracks are ``expected`` (id, label) and
+    ``bad_prompts`` prompts were refused so far."""
     stamps = h.publish_frames(frames)
-    assert h.wait_for(lambda: any(m.header.stamp == stamps[-1] and len(m.tracks) == count for m in h.tracks))
-    return next(m for m in h.tracks if m.header.stamp == stamps[-1])
+    assert h.wait_for(lambda: any(m.header.stamp == stamps[-1] and len(m.tracks) == len(expected) for m in h.tracks))
+    msg = next(m for m in h.tracks if m.header.stamp == stamps[-1])
+    assert {(t.id, t.label) for t in msg.tracks} == expected
+    assert h.node.session.stats.errors["bad_prompt"] == bad_prompts
 
 
 def test_mask_prompt_creates_a_track(harness):
@@ -183,9 +186,7 @@ def test_mask_prompt_creates_a_track(harness):
     p.mask.step, p.mask.data = W + 4, padded.tobytes()
     h.prompt_pub.publish(PromptArray(prompts=[p]))
     time.sleep(0.3)
-    msg = tracks_on_new_frames(h, count=2)
-    assert {(t.id, t.label) for t in msg.tracks} == {(1, "seg"), (2, "padded")}
-    assert h.node.session.stats.errors["bad_prompt"] == 0
+    assert_tracks_on_new_frames(h, {(1, "seg"), (2, "padded")}, bad_prompts=0)
 
 
 def test_bad_mask_prompts_are_refused_alone(harness):
@@ -217,9 +218,7 @@ def test_bad_mask_prompts_are_refused_alone(harness):
     # the prompts topic: a bad mask is logged and counted, the valid prompt beside it is queued
     h.prompt_pub.publish(PromptArray(prompts=[mask_prompt(encoding="bgr8"), mask_prompt(label="ok")]))
     assert h.wait_for(lambda: h.node.session.stats.errors["bad_prompt"] == 6)
-    msg = tracks_on_new_frames(h, count=2)
-    assert {(t.id, t.label) for t in msg.tracks} == {(1, "cup"), (2, "ok")}
-    assert h.node.session.stats.errors["bad_prompt"] == 6
+    assert_tracks_on_new_frames(h, {(1, "cup"), (2, "ok")}, bad_prompts=6)
 
 
 def test_end_to_end_tracks_masks_overlay_diagnostics(harness):
