@@ -22,7 +22,7 @@ class ParamSpec:
 
 PARAMS: tuple[ParamSpec, ...] = (
     # model and backend (take effect on configure)
-    ParamSpec("preset", "tinysam2", "model preset (edgetam, sam2.1_hiera_t/s/b+/l, tinysam2, tiny)"),
+    ParamSpec("preset", "tinysam2", "model preset (edgetam, sam2.1_hiera_t/s/b+/l, tinysam2, tiny, tiny_norm)"),
     ParamSpec("checkpoint", "", "checkpoint file (.pt/.safetensors); empty = random weights (testing only)"),
     ParamSpec("backend", "torch", "inference backend", choices=("torch", "onnxruntime", "tensorrt")),
     ParamSpec("engine_dir", "", "exported graphs / TensorRT engines (tinysam2 export / build-engine) for "
