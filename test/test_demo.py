@@ -58,6 +58,8 @@ def test_demo_prompt_kinds(tmp_path, capsys):
     for oid, p in points.items():
         (x, y), = p["points"]
         assert p["labels"] == [1] and firsts[oid][int(y), int(x)]  # a positive click inside the object
+    with pytest.raises(ValueError, match="unknown prompt kind 'scribble'"):
+        load_davis_sequence(tmp_path / "data", "clip", prompt="scribble")
     # the box prompt still runs end to end (2 frames: cheap)
     torch.save({"model": build_model("tiny").state_dict()}, tmp_path / "w.pt")
     rc = main(["demo", "--data", str(tmp_path / "data"), "--sequence", "clip", "--out", str(tmp_path / "out"),

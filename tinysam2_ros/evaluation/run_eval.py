@@ -51,13 +51,16 @@ class SequenceReport:
 
 
 def prompt_kwargs(kind: str, mask: np.ndarray) -> dict:
-    """``Tracker.add_prompt`` arguments for a ``mask``, its tight ``box`` or a ``point`` in it."""
+    """``Tracker.add_prompt`` arguments (also the demo's prompt messages) for a ``mask``, its
+    tight ``box`` or a ``point``: one positive click at its pixel farthest from the border."""
     if kind == "mask":
         return {"mask": mask}
     if kind == "box":
         return {"box": mask_to_box(mask)}
-    x, y = mask_to_point(mask)
-    return {"points": [[x, y]], "labels": [1]}
+    if kind == "point":
+        x, y = mask_to_point(mask)
+        return {"points": [[x, y]], "labels": [1]}
+    raise ValueError(f"unknown prompt kind {kind!r} (one of {', '.join(PROMPT_KINDS)})")
 
 
 def evaluate_sequence_with_tracker(

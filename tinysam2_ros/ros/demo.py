@@ -25,8 +25,9 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from ..evaluation.davis import annotation_paths, first_annotations, load_annotation, mask_to_box, mask_to_point
+from ..evaluation.davis import annotation_paths, first_annotations, load_annotation
 from ..evaluation.metrics import j_and_f, summarize
+from ..evaluation.run_eval import prompt_kwargs
 from ..msg import Prompt, TrackArray
 from ..srv import AddPrompts
 from .image_codec import image_msg_to_rgb, mask_to_image_msg, rgb_to_image_msg
@@ -189,22 +190,6 @@ def run_demo(
     return result
 
 
-PROMPT_KINDS = ("mask", "box", "point")
-
-
-def prompt_from_mask(kind: str, mask: np.ndarray) -> dict:
-    """A ``run_demo`` prompt from an annotated mask: the ``mask`` itself, its tight ``box``,
-    or a ``point``: one positive click at the pixel farthest from the object's border."""
-    if kind == "mask":
-        return {"mask": np.asarray(mask, dtype=bool)}
-    if kind == "box":
-        return {"box": mask_to_box(mask)}
-    if kind == "point":
-        x, y = mask_to_point(mask)
-        return {"points": [[x, y]], "labels": [1]}
-    raise ValueError(f"unknown prompt kind {kind!r} (one of {', '.join(PROMPT_KINDS)})")
-
-
 def load_davis_sequence(
     root: Path, seq: str, prompt: str = "mask"
 ) -> tuple[list[np.ndarray], dict[int, dict], dict[int, np.ndarray]]:
@@ -213,6 +198,6 @@ def load_davis_sequence(
 
     frames = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in load_frames(root, seq)]
     firsts = first_annotations(root, seq)
-    prompts = {oid: prompt_from_mask(prompt, mask) for oid, (f, mask) in firsts.items() if f == 0}
+    prompts = {oid: prompt_kwargs(prompt, mask) for oid, (f, mask) in firsts.items() if f == 0}
     gt = {i: load_annotation(p) for i, p in annotation_paths(root, seq).items()}
     return frames, prompts, gt
