@@ -194,3 +194,45 @@ def test_probe_model_reports_feature_scale_and_prompt_effect(data):
     assert [line.split()[0] for line in lines] == ["box", "mask"]
     # a mask prompt is its own output: two different objects differ on the prompted frame
     assert float(lines[1].split("prompted frame ")[1].split(",")[0]) > 1.0
+
+
+def test_unroll_keeps_the_memory_bank_the_tracker_keeps(tmp_path):
+    """Training must unroll the memory inference will have: over a clip longer than the
+    slots, with TinySAM 2's quality gate and ranking, the unroll's bank after every frame
+    is the streaming tracker's."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from tinysam2_ros.evaluation.davis import annotation_paths, load_annotation, load_frames
+    from tinysam2_ros.evaluation.synth import SynthConfig, generate_sequence
+    from tinysam2_ros.tracking.tracker import Tracker, TrackerConfig
+    from tinysam2_ros.training.data import Clip, ClipPrompt
+
+    demo = Path(__file__).resolve().parents[1] / "models" / "demo_tiny_norm.safetensors"
+    preset = get_preset("tiny_norm")
+    model = build_model(preset).eval()
+    load_checkpoint(model, demo, preset="tiny_norm")
+    overrides = {"num_slots": 3, "keep_recent": 1, "write_threshold": 0.3}
+    mem = MemoryConfig.from_dict({**preset["memory"], **overrides})
+    generate_sequence(tmp_path, "s", SynthConfig(num_frames=12, difficulty=0.8, seed=7))
+    frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in load_frames(tmp_path, "s")])
+    ids = np.stack([load_annotation(p) for _, p in sorted(annotation_paths(tmp_path, "s").items())])
+    objs = [int(i) for i in np.unique(ids[0]) if i not in (0, 255)]
+    masks = np.stack([ids == o for o in objs], axis=1)
+    clip = Clip(frames, masks, objs, [ClipPrompt("mask", mask=masks[0, k]) for k in range(len(objs))])
+
+    banks: list = []
+    with torch.no_grad():
+        unroll_clip(model, clip, mem, LossWeights(), torch.device("cpu"), banks_out=banks)
+    tracker = Tracker(model, TrackerConfig.from_preset(preset, overrides))
+    for k, o in enumerate(objs):
+        tracker.add_prompt(o, mask=masks[0, k])
+    tracked = []
+    for t, rgb in enumerate(frames):
+        tracker.step(rgb)
+        if t:
+            tracked.append([tracker.objects[o].bank for o in objs])
+    assert banks == tracked
+    newest = [tuple(range(max(1, t - 2), t + 1)) for t in range(1, len(frames))]
+    assert any(b != newest[i] for i, row in enumerate(banks) for b in row), "the quality rule never acted"

@@ -1,9 +1,12 @@
 """A differentiable run of the tracker over one clip, with the TinySAM 2 memory.
 
 Frame 0 is decoded from the simulated prompts (no memory); every later frame is
-conditioned on the prompted frame and the previous ``num_slots`` frames through the
-same pooling, token selection and pointer handling the streaming tracker uses
-(``memory/assemble.py``), so the model learns to work with compressed memory.
+conditioned on the prompted frame and the object's memory bank through the same
+pooling, token selection and pointer handling the streaming tracker uses
+(``memory/assemble.py``), so the model learns to work with compressed memory. The bank
+is kept by the tracker's rule too (``memory/quality.py``: quality-gated writes and
+quality-ranked slots under the TinySAM 2 memory, the newest frames under SAM 2's), so
+a clip longer than the slots teaches the model the memory it will have at inference.
 All objects of the clip form the batch.
 
 Teacher forcing (optional, a departure from SAM 2's recipe for training from scratch):
@@ -17,6 +20,8 @@ iterations it made no clear difference; see models/README.md.)
 """
 from __future__ import annotations
 
+from collections import defaultdict
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,6 +29,7 @@ import torch.nn.functional as F
 from ..memory.assemble import assemble_memory
 from ..memory.compression import TokenLayout, pool_tokens
 from ..memory.config import MemoryConfig
+from ..memory.quality import frame_quality, mask_agreement, select_slots
 from ..modeling.sam2_model import HeadOutput, SAM2Model
 from ..tracking.preprocess import preprocess_mask, preprocess_rgb, scale_points
 from .data import Clip
@@ -44,11 +50,13 @@ def _cat_heads(outs: list[HeadOutput]) -> HeadOutput:
 
 def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: LossWeights,
                 device: torch.device, teacher_forcing: float = 0.0,
-                rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+                rng: np.random.Generator | None = None,
+                banks_out: list[list[tuple[int, ...]]] | None = None) -> dict[str, torch.Tensor]:
     """Mean losses over the clip's frames (and objects), with gradients.
 
     ``teacher_forcing``: probability that a predicted frame's memory is written from its
-    ground-truth mask (drawn per frame from ``rng``)."""
+    ground-truth mask (drawn per frame from ``rng``). ``banks_out``, when given, receives
+    for every tracked frame each object's memory bank after that frame (clip indices)."""
     if not 0.0 <= teacher_forcing <= 1.0:
         raise ValueError(f"teacher_forcing must lie in [0, 1], got {teacher_forcing}")
     rng = rng if rng is not None else np.random.default_rng()
@@ -103,20 +111,53 @@ def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: Los
     memories = [_encode(model, pix0, out, layout, factor)]
     pointers = [out.obj_ptr]
 
+    # each object's memory bank, kept by the tracker's own rule (memory/quality.py): with
+    # the TinySAM 2 rule objects may keep different frames, so they are decoded in
+    # groups that share a bank, as the streaming tracker batches them
+    banks: list[tuple[int, ...]] = [() for _ in range(n_obj)]
+    quality: list[dict[int, float]] = [{} for _ in range(n_obj)]
+    previous_logits = out.low_res_masks.detach()
+    budget = memory.token_budget if memory.compressed else 0
+    max_rel = model.num_maskmem - 1
     for t in range(1, t_len):
         pix, hr = frame_feats(t)
-        frames = [(0, memories[0])] + [(t - f, memories[f]) for f in range(max(1, t - memory.num_slots), t)]
-        stacked = torch.stack([m for _, m in frames], dim=1)
-        t_rels = torch.tensor([r for r, _ in frames], device=device).expand(n_obj, -1)
         offsets = [t] + list(range(1, t))  # prompted frame, then the previous frames
         ptrs = torch.stack([pointers[0]] + [pointers[t - d] for d in range(1, t)], dim=1)
-        budget = memory.token_budget if memory.compressed else 0
-        mem, mpos, coords, n_ptr = assemble_memory(model, stacked, t_rels, mem_pos, mem_coords, budget,
-                                                   memory.similarity, ptrs, offsets[: ptrs.shape[1]],
-                                                   model.max_obj_ptrs_in_encoder)
-        cond = model.condition_on_memory(pix, mem, mpos, n_ptr, memory_coords=coords)
-        o = model.forward_heads(cond, hr, multimask_output=model.use_multimask(False, 0))
+        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for k, bank in enumerate(banks):
+            groups[bank].append(k)
+        order, parts = [], []
+        for bank, objs in groups.items():
+            idx = torch.tensor(objs, device=device)
+            stacked = torch.stack([memories[0][idx]] + [memories[f][idx] for f in bank], dim=1)
+            t_rels = torch.tensor([0] + [min(t - f, max_rel) for f in bank], device=device).expand(len(objs), -1)
+            mem, mpos, coords, n_ptr = assemble_memory(model, stacked, t_rels, mem_pos, mem_coords, budget,
+                                                       memory.similarity, ptrs[idx], offsets[: ptrs.shape[1]],
+                                                       model.max_obj_ptrs_in_encoder)
+            cond = model.condition_on_memory(pix[idx], mem, mpos, n_ptr, memory_coords=coords)
+            parts.append(model.forward_heads(cond, [x[idx] for x in hr], multimask_output=model.use_multimask(False, 0)))
+            order += objs
+        o = _cat_heads(parts)
+        if order != list(range(n_obj)):
+            back = torch.tensor(sorted(range(n_obj), key=order.__getitem__), device=device)
+            o = HeadOutput(*[getattr(o, f)[back] for f in HeadOutput.__dataclass_fields__])
         losses.append(frame_loss(o.low_res_multimasks, o.ious, o.object_score_logits, targets_low[t][:, None], weights))
+        for k in range(n_obj):
+            logits = o.low_res_masks[k].detach()
+            q = frame_quality(float(o.object_score_logits[k, 0].detach()), float(o.best_iou[k].detach()),
+                              mask_agreement(logits, previous_logits[k]))
+            quality[k][t] = q
+            if not memory.compressed:
+                banks[k] = tuple(f for f in (*banks[k], t) if f > t - max_rel)  # SAM 2's window
+                continue
+            candidates = {f: quality[k][f] for f in banks[k]}
+            if q >= memory.write_threshold:
+                candidates[t] = q
+            banks[k] = tuple(select_slots(candidates, t, memory.num_slots, memory.keep_recent,
+                                          memory.recency_half_life))
+        if banks_out is not None:
+            banks_out.append(list(banks))
+        previous_logits = o.low_res_masks.detach()
         o = written(t, pix, hr, o)
         memories.append(_encode(model, pix, o, layout, factor))
         pointers.append(o.obj_ptr)
