@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .evaluation.davis import PROMPT_KINDS
+
 
 def _cmd_fidelity(args: argparse.Namespace) -> int:
     from .fidelity import Tolerances, run_fidelity
@@ -259,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_root", help="directory with JPEGImages/<seq>/*.jpg and Annotations/<seq>/*.png")
     p.add_argument("--preset", help="model preset (default: the one named in the checkpoint, else tinysam2)")
     p.add_argument("--checkpoint", help="checkpoint (.pt or .safetensors); without one the weights are random")
-    p.add_argument("--prompt", choices=["mask", "box", "point"], default="mask", help="prompt from the first annotation")
+    p.add_argument("--prompt", choices=PROMPT_KINDS, default="mask", help="prompt from the first annotation")
     p.add_argument("--sequences", help="comma-separated sequence names (default: all)")
     p.add_argument("--max-frames", type=int, help="only the first N frames of each sequence")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -347,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sequence", help="sequence name under --data")
     p.add_argument("--video", help="a video file, camera index or image folder (needs --box)")
     p.add_argument("--box", help="x1,y1,x2,y2 of the object on the first frame of --video")
-    p.add_argument("--prompt", choices=["mask", "box", "point"],
+    p.add_argument("--prompt", choices=PROMPT_KINDS,
                    help="prompt from the first annotated frame: its mask (default, as in DAVIS semi-supervised "
                         "evaluation), its tight box, or one click at the mask's pixel farthest from its border; "
                         "--video is prompted with --box")

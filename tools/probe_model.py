@@ -17,7 +17,7 @@ from PIL import Image
 
 from tinysam2_ros.checkpoint import load_checkpoint, resolve_preset
 from tinysam2_ros.evaluation.davis import first_annotations, list_sequences, load_frames
-from tinysam2_ros.evaluation.run_eval import prompt_kwargs
+from tinysam2_ros.evaluation.davis import prompt_kwargs
 from tinysam2_ros.modeling.build import build_model
 from tinysam2_ros.modeling.presets import get_preset
 from tinysam2_ros.tracking.preprocess import preprocess_rgb

@@ -259,3 +259,19 @@ def mask_to_point(mask) -> tuple[float, float]:
     dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
     return float(x), float(y)
+
+
+PROMPT_KINDS = ("mask", "box", "point")  # prompts derived from an annotated mask
+
+
+def prompt_kwargs(kind: str, mask: np.ndarray) -> dict:
+    """``Tracker.add_prompt`` arguments (also the demo's prompt messages) for a ``mask``, its
+    tight ``box`` or a ``point``: one positive click at its pixel farthest from the border."""
+    if kind == "mask":
+        return {"mask": mask}
+    if kind == "box":
+        return {"box": mask_to_box(mask)}
+    if kind == "point":
+        x, y = mask_to_point(mask)
+        return {"points": [[x, y]], "labels": [1]}
+    raise ValueError(f"unknown prompt kind {kind!r} (one of {', '.join(PROMPT_KINDS)})")

@@ -21,11 +21,8 @@ from ..checkpoint import load_checkpoint
 from ..modeling.build import build_model
 from ..modeling.presets import SAM21_MEMORY_TOKENS, get_preset
 from ..tracking.tracker import STAGES, Tracker, TrackerConfig
-from .davis import annotation_paths, first_annotations, list_sequences, load_annotation, load_frames, mask_to_box, mask_to_point
+from .davis import PROMPT_KINDS, annotation_paths, first_annotations, list_sequences, load_annotation, load_frames, prompt_kwargs
 from .metrics import j_and_f, summarize
-
-PROMPT_KINDS = ("mask", "box", "point")
-
 
 @dataclass
 class SequenceReport:
@@ -48,19 +45,6 @@ class SequenceReport:
             "ms_per_frame": {**self.stage_ms, "total": sum(self.stage_ms.values())},
             "objects": {str(k): v for k, v in self.objects.items()},
         }
-
-
-def prompt_kwargs(kind: str, mask: np.ndarray) -> dict:
-    """``Tracker.add_prompt`` arguments (also the demo's prompt messages) for a ``mask``, its
-    tight ``box`` or a ``point``: one positive click at its pixel farthest from the border."""
-    if kind == "mask":
-        return {"mask": mask}
-    if kind == "box":
-        return {"box": mask_to_box(mask)}
-    if kind == "point":
-        x, y = mask_to_point(mask)
-        return {"points": [[x, y]], "labels": [1]}
-    raise ValueError(f"unknown prompt kind {kind!r} (one of {', '.join(PROMPT_KINDS)})")
 
 
 def evaluate_sequence_with_tracker(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..checkpoint import resolve_preset
 from ..modeling.presets import SAM21_MEMORY_TOKENS, get_preset
+from .davis import PROMPT_KINDS
 from .run_eval import run_eval, write_json
 
 # name -> memory overrides; "off" is SAM 2's memory (the reference). Rows other than the
@@ -120,7 +121,7 @@ def add_memory_report_parser(subparsers):
     p.add_argument("--preset", help="model preset (default: the one named in the checkpoint, else tiny)")
     p.add_argument("--checkpoint", help="weights (default: none = random)")
     p.add_argument("--out", default="out/memory_report", help="output directory (default: out/memory_report)")
-    p.add_argument("--prompt", choices=["mask", "box", "point"], default="mask", help="prompt from the first annotation")
+    p.add_argument("--prompt", choices=PROMPT_KINDS, default="mask", help="prompt from the first annotation")
     p.add_argument("--max-frames", type=int, help="only the first N frames of each sequence")
     p.set_defaults(func=_cmd_memory_report)
     return p

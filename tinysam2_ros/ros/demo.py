@@ -27,7 +27,7 @@ from std_msgs.msg import Header
 
 from ..evaluation.davis import annotation_paths, first_annotations, load_annotation
 from ..evaluation.metrics import j_and_f, summarize
-from ..evaluation.run_eval import prompt_kwargs
+from ..evaluation.davis import prompt_kwargs
 from ..msg import Prompt, TrackArray
 from ..srv import AddPrompts
 from .image_codec import image_msg_to_rgb, mask_to_image_msg, rgb_to_image_msg
