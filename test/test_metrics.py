@@ -238,6 +238,20 @@ def test_sparse_annotations_match_frames_by_name(tmp_path):
     assert all(t == 2 for t, _ in first_annotations(tmp_path, "s").values())
 
 
+def test_official_davis_layout_reads_its_480p_level(tmp_path, capsys):
+    """A DAVIS download (JPEGImages/480p/<seq>) evaluates as it unpacks."""
+    from tinysam2_ros.evaluation.run_eval import run_eval
+
+    make_toy_sequence(tmp_path, "480p/bear", num_frames=4, seed=1)
+    make_toy_sequence(tmp_path, "Full-Resolution/bear", num_frames=2, size=(48, 64), seed=1)
+    assert list_sequences(tmp_path) == ["bear"]
+    assert len(load_frames(tmp_path, "bear")) == 4 and list(annotation_paths(tmp_path, "bear")) == [0, 1, 2, 3]
+    assert len(load_frames(tmp_path, "bear", resolution="Full-Resolution")) == 2
+    assert list_sequences(tmp_path, resolution="") == ["480p", "Full-Resolution"]
+    out = run_eval(tmp_path, preset="tiny", log=lambda *a: None)
+    assert [r["sequence"] for r in out["sequences"]] == ["bear"] and out["sequences"][0]["frames"] == 4
+
+
 def test_perfect_prediction_scores_one(tmp_path):
     seq = make_toy_sequence(tmp_path, "toy", num_frames=6, num_objects=3, seed=2)
     res = evaluate_sequence(list(seq.ids), list(seq.ids))

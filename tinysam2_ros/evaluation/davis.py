@@ -11,7 +11,8 @@ palette *indices*; the colours are only for display. This is also the layout use
 the SAM 2 evaluation scripts for DAVIS 2017, MOSE and SA-V (whose annotations may be
 sparse: an annotation file exists only for some frames and is matched to its frame by
 file stem). The official DAVIS download adds a resolution level
-(``JPEGImages/480p/<seq>``); pass ``resolution="480p"`` for that.
+(``JPEGImages/480p/<seq>``): ``480p`` is read when present (``resolution=None``, the
+default); pass another level (``"Full-Resolution"``) or ``""`` for none explicitly.
 """
 from __future__ import annotations
 
@@ -34,17 +35,34 @@ def _natural_key(p: Path):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]
 
 
+DAVIS_RESOLUTION = "480p"  # the level the official DAVIS download evaluates on
+
+
+def _level(root, resolution: str | None) -> str | None:
+    """The resolution level to read: the one asked for, else ``480p`` when the root has
+    the official download's ``JPEGImages/480p`` and ``Annotations/480p`` folders, so a
+    DAVIS download works as it unpacks."""
+    if resolution is not None:
+        return resolution or None
+    root = Path(root)
+    if (root / IMAGE_DIR / DAVIS_RESOLUTION).is_dir() and (root / ANNOTATION_DIR / DAVIS_RESOLUTION).is_dir():
+        return DAVIS_RESOLUTION
+    return None
+
+
 def _image_dir(root, seq: str | None = None, resolution: str | None = None) -> Path:
     d = Path(root) / IMAGE_DIR
-    if resolution:
-        d = d / resolution
+    level = _level(root, resolution)
+    if level:
+        d = d / level
     return d if seq is None else d / seq
 
 
 def _annotation_dir(root, seq: str | None = None, resolution: str | None = None) -> Path:
     d = Path(root) / ANNOTATION_DIR
-    if resolution:
-        d = d / resolution
+    level = _level(root, resolution)
+    if level:
+        d = d / level
     return d if seq is None else d / seq
 
 
