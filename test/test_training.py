@@ -49,6 +49,9 @@ def test_clip_sampler_and_prompts(data):
     assert all(clip.masks[0, k].any() for k in range(len(clip.obj_ids)))
     kinds = {sampler.sample(np.random.default_rng(s)).prompts[0].kind for s in range(30)}
     assert kinds == {"mask", "box", "points"}
+    for bad in ({"clip_len": 1}, {"max_objects": 0}, {"max_stride": 0}):
+        with pytest.raises(ValueError, match="clip_len >= 2"):
+            ClipSampler(data, **bad)
 
 
 def held_out_loss(model, root) -> float:

@@ -38,6 +38,9 @@ class ClipSampler:
 
     def __init__(self, root: str | Path, clip_len: int = 6, max_objects: int = 3, max_stride: int = 2,
                  prompt_probs=(0.3, 0.4, 0.3), sequences: list[str] | None = None) -> None:
+        if clip_len < 2 or max_objects < 1 or max_stride < 1:
+            raise ValueError(f"need clip_len >= 2 (a prompted and a tracked frame), max_objects >= 1 and "
+                             f"max_stride >= 1; got {clip_len}, {max_objects}, {max_stride}")
         self.root = Path(root)
         self.clip_len = clip_len
         self.max_objects = max_objects

@@ -42,6 +42,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup: int = 100
     clip_len: int = 6
+    max_stride: int = 2  # clips take every 1st .. max_stride-th frame (faster apparent motion)
     max_objects: int = 3
     grad_clip: float = 1.0
     # SAM 2 weighs focal 20 : dice 1. Trained from scratch on small objects (a few % of the
@@ -160,7 +161,7 @@ def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> 
         optim.load_state_dict(state["optimizer"])
         start = int(state["iteration"])
         log(f"resuming from {state_path} at iteration {start}")
-    sampler = ClipSampler(cfg.data_root, clip_len=cfg.clip_len, max_objects=cfg.max_objects,
+    sampler = ClipSampler(cfg.data_root, clip_len=cfg.clip_len, max_objects=cfg.max_objects, max_stride=cfg.max_stride,
                           prompt_probs=cfg.prompt_mix)
     if start == 0 and not cfg.init_checkpoint and cfg.locality_prior > 0:
         for layer in model.memory_attention.layers:
