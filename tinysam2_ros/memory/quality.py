@@ -13,8 +13,11 @@ Rule (TinySAM 2 memory, ``compression="tinysam2"``):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
+
+from .config import MemoryConfig
 
 
 def mask_agreement(current: torch.Tensor, previous: torch.Tensor | None) -> float:
@@ -55,3 +58,18 @@ def select_cond_frames(frames: list[int], max_cond_frames: int) -> list[int]:
     if max_cond_frames == 1:
         return frames[-1:]
     return [frames[0]] + frames[-(max_cond_frames - 1):]
+
+
+def next_bank(bank: tuple[int, ...], quality: Mapping[int, float], t: int, memory: MemoryConfig,
+              window: int) -> tuple[int, ...]:
+    """The tracked frames holding a memory slot once frame ``t`` is decoded (``quality``:
+    frame -> quality, for the bank's frames and ``t``). SAM 2's memory (``compression
+    "off"``) keeps the frames of the last ``window``; TinySAM 2's gates ``t`` by the write
+    threshold and ranks the slots (``select_slots``). Shared by the streaming tracker and
+    the training unroll, so training sees the memory inference keeps."""
+    if not memory.compressed:
+        return tuple(f for f in (*bank, t) if f > t - window)
+    candidates = {f: quality[f] for f in bank}
+    if quality[t] >= memory.write_threshold:
+        candidates[t] = quality[t]
+    return tuple(select_slots(candidates, t, memory.num_slots, memory.keep_recent, memory.recency_half_life))

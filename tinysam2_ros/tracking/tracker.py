@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..memory.assemble import assemble_memory
 from ..memory.compression import TokenLayout, pool_tokens
 from ..memory.config import MemoryConfig
-from ..memory.quality import frame_quality, mask_agreement, select_cond_frames, select_slots
+from ..memory.quality import frame_quality, mask_agreement, next_bank, select_cond_frames
 from ..modeling.sam2_model import HeadOutput, ImageFeatures, SAM2Model
 from .preprocess import preprocess_mask, preprocess_rgb, scale_points
 from .prompts import Prompt, PromptError, make_prompt
@@ -466,15 +466,8 @@ class Tracker:
         agreement = mask_agreement(e.low_res_logits, prev.low_res_logits if prev and prev.low_res_logits is not None else None)
         e.quality = frame_quality(e.object_score, e.iou, agreement)
         obj.entries[t] = e
-        mem = self.memory
-        if not mem.compressed:
-            window = self.model.num_maskmem - 1
-            obj.bank = tuple(f for f in (*obj.bank, t) if f > t - window)
-        else:
-            candidates = {f: obj.entries[f].quality for f in obj.bank}
-            if e.quality >= mem.write_threshold:
-                candidates[t] = e.quality
-            obj.bank = tuple(select_slots(candidates, t, mem.num_slots, mem.keep_recent, mem.recency_half_life))
+        quality = {f: obj.entries[f].quality for f in (*obj.bank, t)}
+        obj.bank = next_bank(obj.bank, quality, t, self.memory, self.model.num_maskmem - 1)
         obj.bank_at[t] = obj.bank
 
     def _absent_before(self, obj: ObjectTrack, t: int) -> int:

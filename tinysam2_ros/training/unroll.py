@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..memory.assemble import assemble_memory
 from ..memory.compression import TokenLayout, pool_tokens
 from ..memory.config import MemoryConfig
-from ..memory.quality import frame_quality, mask_agreement, select_slots
+from ..memory.quality import frame_quality, mask_agreement, next_bank
 from ..modeling.sam2_model import HeadOutput, SAM2Model
 from ..tracking.preprocess import preprocess_mask, preprocess_rgb, scale_points
 from .data import Clip
@@ -147,14 +147,7 @@ def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: Los
             q = frame_quality(float(o.object_score_logits[k, 0].detach()), float(o.best_iou[k].detach()),
                               mask_agreement(logits, previous_logits[k]))
             quality[k][t] = q
-            if not memory.compressed:
-                banks[k] = tuple(f for f in (*banks[k], t) if f > t - max_rel)  # SAM 2's window
-                continue
-            candidates = {f: quality[k][f] for f in banks[k]}
-            if q >= memory.write_threshold:
-                candidates[t] = q
-            banks[k] = tuple(select_slots(candidates, t, memory.num_slots, memory.keep_recent,
-                                          memory.recency_half_life))
+            banks[k] = next_bank(banks[k], quality[k], t, memory, max_rel)
         if banks_out is not None:
             banks_out.append(list(banks))
         previous_logits = o.low_res_masks.detach()
