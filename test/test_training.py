@@ -54,6 +54,37 @@ def test_clip_sampler_and_prompts(data):
             ClipSampler(data, **bad)
 
 
+def _video_with_an_occlusion(root):
+    """One 12-frame video: object 1 always visible, object 2 hidden on frames 6-8."""
+    import cv2
+
+    from tinysam2_ros.evaluation.davis import write_annotation
+
+    (root / "JPEGImages" / "occ").mkdir(parents=True)
+    for i in range(12):
+        ids = np.zeros((32, 32), np.uint8)
+        ids[2:10, 2 + i : 10 + i] = 1
+        if not 6 <= i <= 8:
+            ids[20:28, 20:28] = 2
+        cv2.imwrite(str(root / "JPEGImages" / "occ" / f"{i:05d}.jpg"), np.dstack([ids * 100] * 3))
+        write_annotation(root / "Annotations" / "occ" / f"{i:05d}.png", ids)
+    return root
+
+
+def test_event_clips_contain_the_occlusion(tmp_path):
+    root = _video_with_an_occlusion(tmp_path)
+    sampler = ClipSampler(root, clip_len=4, max_objects=1, max_stride=1, event_prob=1.0)
+    assert sampler.events == [("occ", 2, 6)]  # object 2's area falls to 0 on frame 6; object 1 never drops
+    for s in range(20):
+        clip = sampler.sample(np.random.default_rng(s))
+        assert clip.obj_ids == [2]  # the occluded object is tracked, prompted while visible
+        seen = clip.masks[:, 0].any(axis=(1, 2))
+        assert seen[0] and not seen[1:-1].all()  # the occlusion falls inside the clip, after the prompt
+    assert ClipSampler(root, clip_len=4).events == []  # found only when asked for
+    with pytest.raises(ValueError, match="event_prob"):
+        ClipSampler(root, event_prob=1.5)
+
+
 def held_out_loss(model, root) -> float:
     sampler = ClipSampler(root / "heldout", clip_len=4, max_objects=2, prompt_probs=(0, 1, 0))
     mem = MemoryConfig.from_dict(get_preset("tiny")["memory"])

@@ -129,7 +129,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data_root=args.data_root, out_dir=args.out, preset=args.preset, init_checkpoint=args.init,
         iterations=args.iterations, lr=args.lr, clip_len=args.clip_len, max_stride=args.max_stride,
-        max_objects=args.max_objects,
+        max_objects=args.max_objects, event_clips=args.event_clips,
         seed=args.seed, device=args.device, time_budget_min=args.time_budget_min, threads=args.threads,
         freeze_bn=args.freeze_bn, bn_refresh_every=args.bn_refresh_every, locality_prior=args.locality_prior,
         focal_weight=args.focal_weight, dice_weight=args.dice_weight, prompt_mix=tuple(args.prompt_mix),
@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-stride", type=int, default=2,
                    help="a clip takes every k-th frame, k drawn from 1..MAX_STRIDE (default 2)")
     p.add_argument("--max-objects", type=int, default=3, help="objects per clip (default 3)")
+    p.add_argument("--event-clips", type=float, default=0.0, metavar="P",
+                   help="share of clips placed around an occlusion or exit found in the annotations (an object's "
+                        "visible area halving), with the event inside the clip (default 0: clips anywhere)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--time-budget-min", type=float, help="stop and save after this many minutes")

@@ -2,7 +2,13 @@
 
 A clip is ``clip_len`` consecutive frames (optionally strided) starting on a frame
 where at least one object is visible; up to ``max_objects`` of the objects visible
-on that first frame are tracked. Prompts on the first frame are simulated the way
+on that first frame are tracked.
+
+Drift happens at *events*: an object hidden by an occluder or a look-alike passing in
+front, or leaving the frame. A random short clip rarely contains one, so with
+probability ``event_prob`` a clip is placed around an event found in the annotations
+alone (an object's visible area falls below half of what it was just before), with
+the event inside the clip and frames after it, so the model learns to come through. Prompts on the first frame are simulated the way
 SAM 2 trains: the ground-truth mask, a jittered box, or clicks sampled inside the
 object (plus sometimes a background click).
 """
@@ -33,14 +39,19 @@ class Clip:
     prompts: list[ClipPrompt]
 
 
+_MIN_PIXELS = 16  # an object smaller than this on a clip's first frame is not prompted
+
+
 class ClipSampler:
     """Random clips of a DAVIS-layout dataset (annotated frames only)."""
 
     def __init__(self, root: str | Path, clip_len: int = 6, max_objects: int = 3, max_stride: int = 2,
-                 prompt_probs=(0.3, 0.4, 0.3), sequences: list[str] | None = None) -> None:
+                 prompt_probs=(0.3, 0.4, 0.3), sequences: list[str] | None = None, event_prob: float = 0.0) -> None:
         if clip_len < 2 or max_objects < 1 or max_stride < 1:
             raise ValueError(f"need clip_len >= 2 (a prompted and a tracked frame), max_objects >= 1 and "
                              f"max_stride >= 1; got {clip_len}, {max_objects}, {max_stride}")
+        if not 0.0 <= event_prob <= 1.0:
+            raise ValueError(f"event_prob must lie in [0, 1], got {event_prob}")
         self.root = Path(root)
         self.clip_len = clip_len
         self.max_objects = max_objects
@@ -52,6 +63,8 @@ class ClipSampler:
         self._frames = {s: load_frames(self.root, s) for s in self.sequences}
         self._ann = {s: annotation_paths(self.root, s) for s in self.sequences}
         self._cache: dict[Path, np.ndarray] = {}
+        self.event_prob = event_prob
+        self.events = self._find_events() if event_prob > 0 else []
 
     def _rgb(self, path: Path) -> np.ndarray:
         return np.asarray(Image.open(path).convert("RGB"))
@@ -63,21 +76,57 @@ class ClipSampler:
             self._cache[path] = load_annotation(path)
         return self._cache[path]
 
+    def _find_events(self, drop: float = 0.5, lookback: int = 3) -> list[tuple[str, int, int]]:
+        """(sequence, object, frame) where the object's visible area first falls below ``drop``
+        x its largest area over the ``lookback`` annotated frames before (occluded or gone)."""
+        events = []
+        for seq in self.sequences:
+            frames = sorted(self._ann[seq])
+            areas = []
+            for i in frames:
+                ids = load_annotation(self._ann[seq][i])
+                areas.append(np.bincount(ids.ravel(), minlength=256)[:255])
+            areas = np.stack(areas) if areas else np.zeros((0, 255))
+            low = np.zeros(areas.shape[1], dtype=bool)  # inside an event: count its onset only
+            for n in range(1, len(frames)):
+                before = areas[max(0, n - lookback) : n].max(axis=0)
+                now = (before >= _MIN_PIXELS) & (areas[n] < drop * before)
+                for oid in np.nonzero(now & ~low)[0]:
+                    if oid != 0:
+                        events.append((seq, int(oid), frames[n]))
+                low = now
+        return events
+
+    def _window(self, rng: np.random.Generator) -> tuple[str, list[int], int | None]:
+        """Frames of one clip (and the object an event clip must track, else None)."""
+        if self.events and rng.random() < self.event_prob:
+            seq, oid, frame = self.events[rng.integers(len(self.events))]
+            stride = int(rng.integers(1, self.max_stride + 1))
+            at = int(rng.integers(1, max(self.clip_len - 1, 2)))  # the event's place: not first, not last
+            start = frame - at * stride
+            return seq, [start + k * stride for k in range(self.clip_len)], oid
+        seq = self.sequences[rng.integers(len(self.sequences))]
+        stride = int(rng.integers(1, self.max_stride + 1))
+        starts = [i for i in sorted(self._ann[seq]) if all(i + k * stride in self._ann[seq] for k in range(self.clip_len))]
+        if not starts:
+            return seq, [], None
+        start = starts[rng.integers(len(starts))]
+        return seq, [start + k * stride for k in range(self.clip_len)], None
+
     def sample(self, rng: np.random.Generator) -> Clip:
         for _ in range(100):
-            seq = self.sequences[rng.integers(len(self.sequences))]
+            seq, idx, must = self._window(rng)
             ann = self._ann[seq]
-            stride = int(rng.integers(1, self.max_stride + 1))
-            starts = [i for i in sorted(ann) if all(i + k * stride in ann for k in range(self.clip_len))]
-            if not starts:
+            if not idx or not all(i in ann for i in idx):
                 continue
-            start = starts[rng.integers(len(starts))]
-            idx = [start + k * stride for k in range(self.clip_len)]
             first = self._ids(ann[idx[0]])
-            present = [int(i) for i in np.unique(first) if i not in (0, 255) and (first == i).sum() >= 16]
-            if not present:
+            present = [int(i) for i in np.unique(first) if i not in (0, 255) and (first == i).sum() >= _MIN_PIXELS]
+            if not present or (must is not None and must not in present):
                 continue
             rng.shuffle(present)
+            if must is not None:
+                present.remove(must)
+                present.insert(0, must)
             obj_ids = sorted(present[: self.max_objects])
             frames = np.stack([self._rgb(self._frames[seq][i]) for i in idx])
             ids = np.stack([self._ids(ann[i]) for i in idx])
