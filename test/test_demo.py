@@ -66,4 +66,5 @@ def test_demo_prompt_kinds(tmp_path, capsys):
                "--checkpoint", str(tmp_path / "w.pt"), "--frames", "2", "--prompt", "box"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "box prompts" in out and "J&F" in out
+    assert "box prompts" in out
+    assert "J&F not measured: no annotated frame left to score" in out  # 2 frames: the prompted and the last

@@ -205,8 +205,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"weights {checkpoint or 'random'}")
     res = run_demo(frames, prompts, gt, out, preset, checkpoint, params=params)
     print(f"overlay video: {res.overlay_path}")
-    if res.jf:
+    if res.jf.get("objects"):
         print(f"J&F {res.jf['JF']:.3f} (J {res.jf['J']:.3f}, F {res.jf['F']:.3f}) over {res.jf['objects']} object(s)")
+    elif gt:
+        print("J&F not measured: no annotated frame left to score (DAVIS leaves out the prompted and the last frame)")
     from .modeling.presets import SAM21_MEMORY_TOKENS
 
     print(f"memory tokens per object per frame: {res.memory_tokens:.0f} "

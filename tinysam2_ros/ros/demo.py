@@ -170,12 +170,12 @@ def run_demo(
     result.ms_per_frame = 1e3 * elapsed / len(frames)
     tokens = [t.memory_tokens for i, m in driver.tracks.items() if i > 0 for t in m.tracks]
     result.memory_tokens = float(np.mean(tokens)) if tokens else 0.0
-    preds = {oid: [np.zeros((h, w), bool)] * len(frames) for oid in prompts}
-    for i, msg in driver.tracks.items():
-        for t in msg.tracks:
-            if t.id in preds:
-                preds[t.id] = preds[t.id][:i] + [_full_mask(t, (h, w))] + preds[t.id][i + 1 :]
     if gt:
+        preds = {oid: [np.zeros((h, w), bool)] * len(frames) for oid in prompts}
+        for i, msg in driver.tracks.items():
+            for t in msg.tracks:
+                if t.id in preds:
+                    preds[t.id][i] = _full_mask(t, (h, w))
         scored = sorted(gt)
         for oid in prompts:
             result.per_object[oid] = j_and_f([preds[oid][i] for i in scored], [gt[i] == oid for i in scored])
