@@ -48,18 +48,25 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import resolve_preset
+    from .evaluation.failures import FailureCensus
     from .evaluation.run_eval import run_eval, write_json
 
+    census = FailureCensus(args.data_root) if args.failures else None
     try:
         preset = resolve_preset(args.preset, args.checkpoint, "tinysam2")
         out = run_eval(
             args.data_root, preset=preset, checkpoint=args.checkpoint, memory_overrides=_memory_overrides(args),
             prompt=args.prompt, sequences=args.sequences.split(",") if args.sequences else None,
             max_frames=args.max_frames, device=args.device, backend=args.backend, engine_dir=args.engine_dir,
+            observe=census.observe if census else None,
         )
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"tinysam2 eval: {exc}", file=sys.stderr)
         return 2
+    if census:
+        print("\nper object and frame, what the mask covers (lower case: while the target is absent):")
+        print("\n".join(census.timeline_lines()))
+        print("\n" + census.table())
     if args.json:
         write_json(out, args.json)
         print(f"wrote {args.json}")
@@ -269,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="only the first N frames of each sequence")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--failures", action="store_true",
+                   help="on a `tinysam2 synth` set: label every object-frame by what the mask covers (target, "
+                        "occluder, distractor, another target, background) and print timelines and a table")
     _add_backend_args(p)
     _add_memory_args(p)
     p.set_defaults(func=_cmd_eval)
