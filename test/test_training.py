@@ -40,6 +40,11 @@ def test_losses():
     assert res["dice"] < 0.01 and res["iou"] < 1e-6 and res["object_score"] < 0.01  # best candidate is trained
     absent = frame_loss(good, ious, torch.tensor([[5.0]]), torch.zeros_like(target), LossWeights())
     assert absent["dice"] == 0 and absent["object_score"] > 4  # absent object: only the score is trained
+    assert absent["absent_mask"] > 1 and torch.isclose(absent["total"], absent["object_score"])  # ... by default
+    trained = frame_loss(good, ious, torch.tensor([[5.0]]), torch.zeros_like(target), LossWeights(absent_mask=0.5))
+    assert torch.isclose(trained["total"], absent["object_score"] + 0.5 * absent["absent_mask"])
+    empty = frame_loss(-good.abs(), ious, torch.tensor([[-5.0]]), torch.zeros_like(target), LossWeights(absent_mask=1))
+    assert empty["absent_mask"] < 0.1  # an empty mask for an absent object costs (almost) nothing
 
 
 def test_clip_sampler_and_prompts(data):

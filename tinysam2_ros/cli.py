@@ -139,7 +139,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         max_objects=args.max_objects, event_clips=args.event_clips,
         seed=args.seed, device=args.device, time_budget_min=args.time_budget_min, threads=args.threads,
         freeze_bn=args.freeze_bn, bn_refresh_every=args.bn_refresh_every, locality_prior=args.locality_prior,
-        focal_weight=args.focal_weight, dice_weight=args.dice_weight, prompt_mix=tuple(args.prompt_mix),
+        focal_weight=args.focal_weight, dice_weight=args.dice_weight, absent_mask_weight=args.absent_mask_weight,
+        prompt_mix=tuple(args.prompt_mix),
         teacher_forcing=args.teacher_forcing, teacher_forcing_until=args.teacher_forcing_until,
     )
     try:
@@ -332,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dice-weight", type=float, default=10.0,
                    help="dice loss weight (default 10; SAM 2 uses 1, which collapses small objects to empty masks "
                         "when training from scratch)")
+    p.add_argument("--absent-mask-weight", type=float, default=0.0,
+                   help="also train the mask of an object that is absent (hidden or out of frame) towards empty, "
+                        "with this weight (default 0: SAM 2 trains only the object score there)")
     p.add_argument("--prompt-mix", type=_prompt_mix, default=(1.0, 0.0, 0.0), metavar="MASK,BOX,CLICKS",
                    help="relative frequencies of first-frame prompt kinds (default 1,0,0: masks only)")
     p.add_argument("--teacher-forcing", type=float, default=0.0,

@@ -18,6 +18,11 @@ class LossWeights:
     dice: float = 1.0
     iou: float = 1.0
     object_score: float = 1.0
+    # SAM 2 trains masks only where the object is present and leaves absent frames to the
+    # object score. With this weight > 0 the mask of an absent object is trained towards
+    # empty too (same focal + dice mix), so the decoder itself learns not to mark the
+    # occluder or look-alike that hides it.
+    absent_mask: float = 0.0
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0):
@@ -67,5 +72,10 @@ def frame_loss(
     true_iou = mask_iou(multimask_logits.detach(), tgt)
     iou_l = (F.l1_loss(ious, true_iou, reduction="none").mean(1) * present).sum() / norm
     score_l = F.binary_cross_entropy_with_logits(object_score_logits.squeeze(1), present)
+    # absent objects (optional): the emptiest candidate towards empty, averaged over all objects
+    absent_l = (combined.gather(1, best).squeeze(1) * (1 - present)).sum() / present.numel()
     total = w.focal * focal_l + w.dice * dice_l + w.iou * iou_l + w.object_score * score_l
-    return {"total": total, "focal": focal_l, "dice": dice_l, "iou": iou_l, "object_score": score_l}
+    if w.absent_mask > 0:
+        total = total + w.absent_mask * absent_l
+    return {"total": total, "focal": focal_l, "dice": dice_l, "iou": iou_l, "object_score": score_l,
+            "absent_mask": absent_l}

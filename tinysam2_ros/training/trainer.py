@@ -53,6 +53,7 @@ class TrainConfig:
     # a heavier dice term keeps them (see models/README.md for the measurement).
     focal_weight: float = 20.0
     dice_weight: float = 10.0
+    absent_mask_weight: float = 0.0  # train absent objects' masks towards empty (losses.py)
     # P(mask), P(box), P(clicks) on the first frame. Masks only: a mask-prompted first
     # frame writes a clean memory, so all the signal trains tracking. Measured on a
     # validation set after two 46-min runs (models/README.md, item 7), masks only beat
@@ -173,7 +174,7 @@ def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> 
     if start == 0 and not cfg.init_checkpoint and cfg.bn_init_clips > 0:
         recalibrate_batchnorm(model, sampler, cfg.bn_init_clips, cfg.seed + 1, device)
         log(f"BatchNorm statistics initialised from {cfg.bn_init_clips} clips")
-    weights = LossWeights(focal=cfg.focal_weight, dice=cfg.dice_weight)
+    weights = LossWeights(focal=cfg.focal_weight, dice=cfg.dice_weight, absent_mask=cfg.absent_mask_weight)
     log_path = out / "train_log.csv"
     new_log = not log_path.exists() or start == 0
     with open(log_path, "w" if new_log else "a", newline="") as fh:
