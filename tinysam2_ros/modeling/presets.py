@@ -148,8 +148,8 @@ PRESETS["tiny"] = {
 #
 # Its memory keeps the newest ``num_slots`` frames, every frame written (no quality gate):
 # the demo model was trained with that memory. TinySAM 2's quality rule (threshold 0.3,
-# quality-ranked slots) cost it held-out J&F 0.610 -> 0.525 (README, memory report), the
-# pooling and token budget ~0; training with the rule did not remove the cost
+# quality-ranked slots) costs it held-out J&F 0.636 -> 0.571 (README, memory report), the
+# pooling and token budget nothing; training with the rule did not remove the cost
 # (models/README.md, item 8).
 PRESETS["tiny_norm"] = {**copy.deepcopy(PRESETS["tiny"]), "normalize_image_features": True}
 PRESETS["tiny_norm"]["memory"].update(write_threshold=0.0, keep_recent=TINYSAM2_MEMORY["num_slots"])
