@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .davis import annotation_paths, load_annotation
+from .metrics import region_similarity
 from .synth import SynthConfig, SynthScene, build_scene
 
 # One character per (object, frame), for timelines. O, D, X, G in lower case: the target
@@ -45,12 +45,11 @@ class FailureCensus:
 
     def observe(self, seq: str, i: int, result) -> None:
         if seq != self._seq:
-            self._seq, self._scene, self._ann = seq, load_scene(self.root, seq), annotation_paths(self.root, seq)
+            self._seq, self._scene = seq, load_scene(self.root, seq)
             self._layers = [(layer.kind, layer.oid) for layer in self._scene.layers]
-        frame = self._scene.render(i, image=False)
-        ids = load_annotation(self._ann[i]) if i in self._ann else frame.ids
+        frame = self._scene.render(i, image=False)  # its ids are the annotation written for frame i
         for oid, res in result.objects.items():
-            label = classify(res.mask, ids, frame.owner, self._layers, oid)
+            label = classify(res.mask, frame.ids, frame.owner, self._layers, oid)
             self.timelines[(seq, oid)] = self.timelines.get((seq, oid), "") + label
             absent = label in "odxg"
             self.counts[label.upper() if absent else label] += 1
@@ -89,8 +88,7 @@ def classify(pred: np.ndarray, ids: np.ndarray, owner: np.ndarray, layers: list[
     annotation; ``owner``: the scene layer in front at each pixel (-1: background);
     ``layers``: each layer's kind ("target", "occluder", "distractor") and object id."""
     target = ids == oid
-    union = np.count_nonzero(pred | target)
-    iou = 1.0 if union == 0 else np.count_nonzero(pred & target) / union
+    iou = region_similarity(pred, target)
     if iou >= 0.8:
         return "."
     if iou >= 0.5:

@@ -47,31 +47,23 @@ class SequenceReport:
         }
 
 
-def track_sequence(tracker: Tracker, root: Path, seq: str, prompt: str = "mask", max_frames: int | None = None):
-    """Prompt every object on its first annotated frame and track to the end, yielding
-    each frame's ``FrameResult``."""
-    tracker.reset()
-    frames = load_frames(root, seq)[:max_frames]
-    firsts = first_annotations(root, seq)
-    for i, path in enumerate(frames):
-        rgb = np.asarray(Image.open(path).convert("RGB"))
-        for oid, (f, mask) in firsts.items():
-            if f == i:
-                tracker.add_prompt(oid, **prompt_kwargs(prompt, mask))
-        yield tracker.step(rgb)
-
-
 def evaluate_sequence_with_tracker(
     tracker: Tracker, root: Path, seq: str, prompt: str = "mask", max_frames: int | None = None, observe=None
 ) -> SequenceReport:
     """Prompt every object on its first annotated frame, track to the end, score.
     ``observe(seq, frame, result)``, when given, sees every frame's result."""
+    tracker.reset()
     frames = load_frames(root, seq)[:max_frames]
     firsts = first_annotations(root, seq)
     ann = annotation_paths(root, seq)
     preds: dict[int, dict[int, np.ndarray]] = {oid: {} for oid in firsts}
     tokens, stage_sum = [], dict.fromkeys(STAGES, 0.0)
-    for i, result in enumerate(track_sequence(tracker, root, seq, prompt, max_frames)):
+    for i, path in enumerate(frames):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        for oid, (f, mask) in firsts.items():
+            if f == i:
+                tracker.add_prompt(oid, **prompt_kwargs(prompt, mask))
+        result = tracker.step(rgb)
         if observe is not None:
             observe(seq, i, result)
         for k in STAGES:
@@ -97,22 +89,6 @@ def evaluate_sequence_with_tracker(
     return report
 
 
-def build_tracker(preset: str, checkpoint=None, memory_overrides: dict | None = None, device: str = "cpu",
-                  seed: int = 0, log=print, backend: str = "torch", engine_dir: str | None = None) -> Tracker:
-    """The streaming tracker of a preset with its weights (random, with a warning, when
-    none are given), the memory overrides and a stage backend."""
-    preset_dict = get_preset(preset)
-    torch.manual_seed(seed)
-    model = build_model(preset_dict).to(device)
-    if checkpoint:
-        load_checkpoint(model, checkpoint, preset=preset)
-    else:
-        log(f"warning: no checkpoint given, {preset} runs with random weights (numbers are meaningless for quality)")
-    config = TrackerConfig.from_preset(preset_dict, memory_overrides)
-    attach_backend(model, backend, preset, engine_dir, device=device, memory=config.memory.to_dict(), log=log)
-    return Tracker(model, config, device=device)
-
-
 def run_eval(
     root: str | Path,
     preset: str = "tinysam2",
@@ -136,8 +112,16 @@ def run_eval(
     seqs = sequences or list_sequences(root)
     if not seqs:
         raise ValueError(f"no sequences under {root / 'JPEGImages'}")
-    tracker = build_tracker(preset, checkpoint, memory_overrides, device, seed, log, backend, engine_dir)
-    config = tracker.config
+    preset_dict = get_preset(preset)
+    torch.manual_seed(seed)
+    model = build_model(preset_dict).to(device)
+    if checkpoint:
+        load_checkpoint(model, checkpoint, preset=preset)
+    else:
+        log(f"warning: no checkpoint given, {preset} runs with random weights (numbers are meaningless for quality)")
+    config = TrackerConfig.from_preset(preset_dict, memory_overrides)
+    attach_backend(model, backend, preset, engine_dir, device=device, memory=config.memory.to_dict(), log=log)
+    tracker = Tracker(model, config, device=device)
     reports = [evaluate_sequence_with_tracker(tracker, root, s, prompt, max_frames, observe) for s in tqdm(seqs, desc="eval", leave=False)]
 
     rows = [r.summary() for r in reports]

@@ -25,9 +25,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from ..evaluation.davis import annotation_paths, first_annotations, load_annotation
+from ..evaluation.davis import annotation_paths, first_annotations, load_annotation, prompt_kwargs
 from ..evaluation.metrics import j_and_f, summarize
-from ..evaluation.davis import prompt_kwargs
 from ..msg import Prompt, TrackArray
 from ..srv import AddPrompts
 from .image_codec import image_msg_to_rgb, mask_to_image_msg, rgb_to_image_msg

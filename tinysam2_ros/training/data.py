@@ -8,9 +8,10 @@ Drift happens at *events*: an object hidden by an occluder or a look-alike passi
 front, or leaving the frame. A random short clip rarely contains one, so with
 probability ``event_prob`` a clip is placed around an event found in the annotations
 alone (an object's visible area falls below half of what it was just before), with
-the event inside the clip and frames after it, so the model learns to come through. Prompts on the first frame are simulated the way
-SAM 2 trains: the ground-truth mask, a jittered box, or clicks sampled inside the
-object (plus sometimes a background click).
+the event inside the clip and frames after it, so the model learns to come through.
+
+Prompts on the first frame are simulated the way SAM 2 trains: the ground-truth mask,
+a jittered box, or clicks sampled inside the object (plus sometimes a background click).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class Clip:
     prompts: list[ClipPrompt]
 
 
-_MIN_PIXELS = 16  # an object smaller than this on a clip's first frame is not prompted
+_MIN_PIXELS = 16  # smaller is not visible: not prompted on a clip's first frame, no event to lose
 
 
 class ClipSampler:
@@ -84,7 +85,7 @@ class ClipSampler:
             frames = sorted(self._ann[seq])
             areas = []
             for i in frames:
-                ids = load_annotation(self._ann[seq][i])
+                ids = self._ids(self._ann[seq][i])
                 areas.append(np.bincount(ids.ravel(), minlength=256)[:255])
             areas = np.stack(areas) if areas else np.zeros((0, 255))
             low = np.zeros(areas.shape[1], dtype=bool)  # inside an event: count its onset only
