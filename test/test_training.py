@@ -275,3 +275,35 @@ def test_unroll_keeps_the_memory_bank_the_tracker_keeps(tmp_path):
     assert banks == tracked
     newest = [tuple(range(max(1, t - 2), t + 1)) for t in range(1, len(frames))]
     assert any(b != newest[i] for i, row in enumerate(banks) for b in row), "the quality rule never acted"
+
+
+def test_camera_jumps_move_frames_and_masks_together(tmp_path):
+    root = _video_with_an_occlusion(tmp_path)
+    plain = ClipSampler(root, clip_len=4, max_objects=1, max_stride=1)
+    jumpy = ClipSampler(root, clip_len=4, max_objects=1, max_stride=1, jump_prob=1.0, max_jump=0.3)
+    moved = 0
+    for s in range(10):
+        a, b = plain.sample(np.random.default_rng(s)), jumpy.sample(np.random.default_rng(s))
+        assert a.obj_ids == b.obj_ids and np.array_equal(a.frames[0], b.frames[0])  # the prompt frame stays
+        offsets = set()
+        for t in range(1, 4):
+            if np.array_equal(a.frames[t], b.frames[t]):
+                continue
+            moved += 1
+            # the jumped frame is the plain one moved by one offset (up to 0.3 x 32 px), and so is its mask
+            found = [(dy, dx) for dy in range(-10, 11) for dx in range(-10, 11)
+                     if np.array_equal(b.frames[t], _shift2d(a.frames[t], dy, dx))]
+            assert len(found) == 1 and found[0] != (0, 0)
+            offsets.add(found[0])
+            assert np.array_equal(b.masks[t], _shift2d(a.masks[t].transpose(1, 2, 0), *found[0]).transpose(2, 0, 1))
+        assert len(offsets) <= 1  # one jump per clip: every frame after it keeps the same offset
+    assert moved > 0
+    with pytest.raises(ValueError, match="jump_prob"):
+        ClipSampler(root, jump_prob=2.0)
+
+
+def _shift2d(img, dy, dx):
+    out = np.zeros_like(img)
+    h, w = img.shape[:2]
+    out[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = img[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
+    return out

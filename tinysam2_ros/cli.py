@@ -49,20 +49,28 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import resolve_preset
     from .evaluation.failures import FailureCensus
+    from .evaluation.oracle import GroundTruthQuality
     from .evaluation.run_eval import run_eval, write_json
 
     census = FailureCensus(args.data_root) if args.failures else None
+    oracle = GroundTruthQuality(args.data_root) if args.oracle_quality else None
+    overrides = _memory_overrides(args)
+    if oracle:  # ground-truth scores are 0 or 1: any threshold in (0, 1] keeps exactly the right frames
+        overrides.setdefault("write_threshold", 0.5)
     try:
         preset = resolve_preset(args.preset, args.checkpoint, "tinysam2")
         out = run_eval(
-            args.data_root, preset=preset, checkpoint=args.checkpoint, memory_overrides=_memory_overrides(args),
+            args.data_root, preset=preset, checkpoint=args.checkpoint, memory_overrides=overrides,
             prompt=args.prompt, sequences=args.sequences.split(",") if args.sequences else None,
             max_frames=args.max_frames, device=args.device, backend=args.backend, engine_dir=args.engine_dir,
-            observe=census.observe if census else None,
+            observe=census.observe if census else None, quality_oracle=oracle,
         )
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"tinysam2 eval: {exc}", file=sys.stderr)
         return 2
+    if oracle:
+        print(f"memory written by the ground truth: {oracle.wrong} of {oracle.scored} tracked object-frames "
+              "had a wrong mask (IoU < 0.5) and were kept out")
     if census:
         print("\nper object and frame, what the mask covers (lower case: while the target is absent):")
         print("\n".join(census.timeline_lines()))
@@ -136,7 +144,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         data_root=args.data_root, out_dir=args.out, preset=args.preset, init_checkpoint=args.init,
         iterations=args.iterations, lr=args.lr, clip_len=args.clip_len, max_stride=args.max_stride,
-        max_objects=args.max_objects, event_clips=args.event_clips,
+        max_objects=args.max_objects, event_clips=args.event_clips, camera_jumps=args.camera_jumps,
+        max_jump=args.max_jump,
         seed=args.seed, device=args.device, time_budget_min=args.time_budget_min, threads=args.threads,
         freeze_bn=args.freeze_bn, bn_refresh_every=args.bn_refresh_every, locality_prior=args.locality_prior,
         focal_weight=args.focal_weight, dice_weight=args.dice_weight, absent_mask_weight=args.absent_mask_weight,
@@ -280,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--failures", action="store_true",
                    help="on a `tinysam2 synth` set: label every object-frame by what the mask covers (target, "
                         "occluder, distractor, another target, background) and print timelines and a table")
+    p.add_argument("--oracle-quality", action="store_true",
+                   help="score tracked frames for the memory by the annotations (1 right, 0 wrong) instead of the "
+                        "model's heads: the J&F a perfect memory-quality rule would reach (write threshold 0.5 "
+                        "unless given)")
     _add_backend_args(p)
     _add_memory_args(p)
     p.set_defaults(func=_cmd_eval)
@@ -325,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--event-clips", type=float, default=0.0, metavar="P",
                    help="share of clips placed around an occlusion or exit found in the annotations (an object's "
                         "visible area halving), with the event inside the clip (default 0: clips anywhere)")
+    p.add_argument("--camera-jumps", type=float, default=0.0, metavar="P",
+                   help="share of clips where the camera jumps once: from a random frame on, the frames shift by "
+                        "up to --max-jump of their size, so the object must be found by appearance (default 0)")
+    p.add_argument("--max-jump", type=float, default=0.25,
+                   help="largest camera jump, as a fraction of the frame size per axis (default 0.25)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--time-budget-min", type=float, help="stop and save after this many minutes")

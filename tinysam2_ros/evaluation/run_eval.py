@@ -103,9 +103,11 @@ def run_eval(
     backend: str = "torch",
     engine_dir: str | None = None,
     observe=None,
+    quality_oracle=None,
 ) -> dict:
     """Evaluate and print a table; returns the same numbers as a dict (for ``--json``).
-    ``observe(seq, frame, result)`` sees every frame's result (e.g. the failure census)."""
+    ``observe(seq, frame, result)`` sees every frame's result (e.g. the failure census);
+    ``quality_oracle`` (an ``oracle.GroundTruthQuality``) scores frames for the memory."""
     root = Path(root)
     if prompt not in PROMPT_KINDS:
         raise ValueError(f"prompt must be one of {PROMPT_KINDS}")
@@ -120,9 +122,16 @@ def run_eval(
     else:
         log(f"warning: no checkpoint given, {preset} runs with random weights (numbers are meaningless for quality)")
     config = TrackerConfig.from_preset(preset_dict, memory_overrides)
+    if quality_oracle is not None and not (config.memory.compressed and 0 < config.memory.write_threshold <= 1):
+        raise ValueError("a quality oracle needs the tinysam2 memory with a write threshold in (0, 1] "
+                         f"(got compression {config.memory.compression!r}, write threshold {config.memory.write_threshold})")
     attach_backend(model, backend, preset, engine_dir, device=device, memory=config.memory.to_dict(), log=log)
-    tracker = Tracker(model, config, device=device)
-    reports = [evaluate_sequence_with_tracker(tracker, root, s, prompt, max_frames, observe) for s in tqdm(seqs, desc="eval", leave=False)]
+    tracker = Tracker(model, config, device=device, quality_fn=quality_oracle)
+    reports = []
+    for s in tqdm(seqs, desc="eval", leave=False):
+        if quality_oracle is not None:
+            quality_oracle.start(s)
+        reports.append(evaluate_sequence_with_tracker(tracker, root, s, prompt, max_frames, observe))
 
     rows = [r.summary() for r in reports]
     overall = summarize([o for r in reports for o in r.objects.values()]) if any(r.objects for r in reports) else {}

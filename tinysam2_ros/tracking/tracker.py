@@ -151,8 +151,14 @@ class _Frame:
 class Tracker:
     """Track prompted objects through a stream of RGB frames."""
 
-    def __init__(self, model: SAM2Model, config: TrackerConfig | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, model: SAM2Model, config: TrackerConfig | None = None, device: str | torch.device = "cpu",
+                 quality_fn=None):
+        """``quality_fn(obj_id, frame_idx, low_res_logits, object_score)``, when given,
+        scores tracked frames for the memory instead of the model's heads (a float, or
+        ``None`` to keep the heads' score): ``tinysam2 eval --oracle-quality`` scores them
+        by the ground truth to measure the best any memory-quality rule could do."""
         self.model = model.eval()
+        self.quality_fn = quality_fn
         self.config = config or TrackerConfig()
         self.config.memory.validate()
         self.device = torch.device(device)
@@ -465,6 +471,9 @@ class Tracker:
         e.absent_frames = 0 if e.object_score > 0 else (prev.absent_frames if prev else 0) + 1
         agreement = mask_agreement(e.low_res_logits, prev.low_res_logits if prev and prev.low_res_logits is not None else None)
         e.quality = frame_quality(e.object_score, e.iou, agreement)
+        if self.quality_fn is not None:
+            given = self.quality_fn(obj.obj_id, t, e.low_res_logits, e.object_score)
+            e.quality = e.quality if given is None else float(given)
         obj.entries[t] = e
         quality = {f: obj.entries[f].quality for f in (*obj.bank, t)}
         obj.bank = next_bank(obj.bank, quality, t, self.memory, self.model.num_maskmem - 1)

@@ -10,6 +10,12 @@ probability ``event_prob`` a clip is placed around an event found in the annotat
 alone (an object's visible area falls below half of what it was just before), with
 the event inside the clip and frames after it, so the model learns to come through.
 
+A model that finds its object mostly by where it was (the demo model: models/README.md,
+items 9-10) loses it whenever it moves far between two frames. With probability
+``jump_prob`` the camera jumps once inside a clip: from a random tracked frame on, frames
+and masks shift by up to ``max_jump`` of the frame size, so the memory's positions no
+longer say where the object is and only its appearance does.
+
 Prompts on the first frame are simulated the way SAM 2 trains: the ground-truth mask,
 a jittered box, or clicks sampled inside the object (plus sometimes a background click).
 """
@@ -47,12 +53,15 @@ class ClipSampler:
     """Random clips of a DAVIS-layout dataset (annotated frames only)."""
 
     def __init__(self, root: str | Path, clip_len: int = 6, max_objects: int = 3, max_stride: int = 2,
-                 prompt_probs=(0.3, 0.4, 0.3), sequences: list[str] | None = None, event_prob: float = 0.0) -> None:
+                 prompt_probs=(0.3, 0.4, 0.3), sequences: list[str] | None = None, event_prob: float = 0.0,
+                 jump_prob: float = 0.0, max_jump: float = 0.25) -> None:
         if clip_len < 2 or max_objects < 1 or max_stride < 1:
             raise ValueError(f"need clip_len >= 2 (a prompted and a tracked frame), max_objects >= 1 and "
                              f"max_stride >= 1; got {clip_len}, {max_objects}, {max_stride}")
         if not 0.0 <= event_prob <= 1.0:
             raise ValueError(f"event_prob must lie in [0, 1], got {event_prob}")
+        if not (0.0 <= jump_prob <= 1.0 and 0.0 <= max_jump < 1.0):
+            raise ValueError(f"jump_prob must lie in [0, 1] and max_jump in [0, 1), got {jump_prob}, {max_jump}")
         self.root = Path(root)
         self.clip_len = clip_len
         self.max_objects = max_objects
@@ -66,6 +75,8 @@ class ClipSampler:
         self._cache: dict[Path, np.ndarray] = {}
         self.event_prob = event_prob
         self.events = self._find_events() if event_prob > 0 else []
+        self.jump_prob = jump_prob
+        self.max_jump = max_jump
 
     def _rgb(self, path: Path) -> np.ndarray:
         return np.asarray(Image.open(path).convert("RGB"))
@@ -134,6 +145,8 @@ class ClipSampler:
             masks = np.stack([ids == o for o in obj_ids], axis=1)
             if rng.random() < 0.5:  # the same horizontal flip for the whole clip
                 frames, masks = frames[:, :, ::-1].copy(), masks[..., ::-1].copy()
+            if self.jump_prob > 0 and rng.random() < self.jump_prob:
+                frames, masks = camera_jump(frames, masks, rng, self.max_jump)
             prompts = [self._prompt(rng, masks[0, k]) for k in range(len(obj_ids))]
             return Clip(frames, masks, obj_ids, prompts)
         raise ValueError(f"no clip of {self.clip_len} annotated frames with a visible object in {self.root}")
@@ -163,3 +176,28 @@ class ClipSampler:
             pts.append(np.array([[bg_x[j], bg_y[j]]], dtype=np.float32))
             labels.append(np.zeros(1, dtype=np.int32))
         return ClipPrompt("points", points=np.concatenate(pts), labels=np.concatenate(labels))
+
+
+def camera_jump(frames: np.ndarray, masks: np.ndarray, rng: np.random.Generator, max_jump: float):
+    """The clip with one sudden camera move: from a random frame after the first on,
+    frames (T x H x W x 3) and masks (T x O x H x W) shift by a whole-pixel offset of up
+    to ``max_jump`` x the frame size per axis; what moves in is black and unannotated."""
+    t, h, w = frames.shape[:3]
+    k = int(rng.integers(1, t))
+    dy, dx = (np.round(rng.uniform(-max_jump, max_jump, 2) * (h, w))).astype(int)
+    frames, masks = frames.copy(), masks.copy()
+    frames[k:] = np.moveaxis(_shifted(np.moveaxis(frames[k:], -1, 1), dy, dx), 1, -1)
+    masks[k:] = _shifted(masks[k:], dy, dx)
+    return frames, masks
+
+
+def _shifted(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """``a`` (..., H, W) moved down by ``dy`` and right by ``dx`` pixels, zeros behind."""
+    h, w = a.shape[-2:]
+    out = np.zeros_like(a)
+    if abs(dy) >= h or abs(dx) >= w:
+        return out
+    src_y, dst_y = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
+    src_x, dst_x = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
+    out[..., dst_y, dst_x] = a[..., src_y, src_x]
+    return out

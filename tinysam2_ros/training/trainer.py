@@ -47,6 +47,10 @@ class TrainConfig:
     # Share of clips placed around an event (occlusion, exit) found in the annotations
     # (training/data.py); the demo model's failures start at such events (models/README.md).
     event_clips: float = 0.0
+    # Share of clips with one sudden camera move inside (ClipSampler jump_prob), and its
+    # largest offset as a fraction of the frame size.
+    camera_jumps: float = 0.0
+    max_jump: float = 0.25
     grad_clip: float = 1.0
     # SAM 2 weighs focal 20 : dice 1. Trained from scratch on small objects (a few % of the
     # frame) that mix collapses tracked frames to empty masks, which the focal term favours;
@@ -166,7 +170,8 @@ def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> 
         start = int(state["iteration"])
         log(f"resuming from {state_path} at iteration {start}")
     sampler = ClipSampler(cfg.data_root, clip_len=cfg.clip_len, max_objects=cfg.max_objects, max_stride=cfg.max_stride,
-                          prompt_probs=cfg.prompt_mix, event_prob=cfg.event_clips)
+                          prompt_probs=cfg.prompt_mix, event_prob=cfg.event_clips,
+                          jump_prob=cfg.camera_jumps, max_jump=cfg.max_jump)
     if start == 0 and not cfg.init_checkpoint and cfg.locality_prior > 0:
         for layer in model.memory_attention.layers:
             layer.cross_attn_image.init_locality_prior(cfg.locality_prior)
