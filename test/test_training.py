@@ -12,7 +12,7 @@ from tinysam2_ros.evaluation.toydata import make_toy_sequence
 from tinysam2_ros.memory.config import MemoryConfig
 from tinysam2_ros.modeling.build import build_model
 from tinysam2_ros.modeling.presets import get_preset
-from tinysam2_ros.training.data import ClipSampler
+from tinysam2_ros.training.data import ClipSampler, shifted
 from tinysam2_ros.training.losses import LossWeights, dice_loss, frame_loss, sigmoid_focal_loss
 from tinysam2_ros.training.trainer import TrainConfig, train
 from tinysam2_ros.training.unroll import unroll_clip
@@ -277,6 +277,12 @@ def test_unroll_keeps_the_memory_bank_the_tracker_keeps(tmp_path):
     assert any(b != newest[i] for i, row in enumerate(banks) for b in row), "the quality rule never acted"
 
 
+def test_shifted_moves_content_and_fills_zeros():
+    a = np.arange(1, 13).reshape(3, 4)
+    assert shifted(a, 1, -1).tolist() == [[0, 0, 0, 0], [2, 3, 4, 0], [6, 7, 8, 0]]
+    assert shifted(a, -2, 2).tolist() == [[0, 0, 9, 10], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert shifted(a[None], 0, 0)[0].tolist() == a.tolist() and not shifted(a, 3, 0).any()
+
 def test_camera_jumps_move_frames_and_masks_together(tmp_path):
     root = _video_with_an_occlusion(tmp_path)
     plain = ClipSampler(root, clip_len=4, max_objects=1, max_stride=1)
@@ -292,18 +298,37 @@ def test_camera_jumps_move_frames_and_masks_together(tmp_path):
             moved += 1
             # the jumped frame is the plain one moved by one offset (up to 0.3 x 32 px), and so is its mask
             found = [(dy, dx) for dy in range(-10, 11) for dx in range(-10, 11)
-                     if np.array_equal(b.frames[t], _shift2d(a.frames[t], dy, dx))]
+                     if np.array_equal(b.frames[t], np.moveaxis(shifted(np.moveaxis(a.frames[t], -1, 0), dy, dx), 0, -1))]
             assert len(found) == 1 and found[0] != (0, 0)
             offsets.add(found[0])
-            assert np.array_equal(b.masks[t], _shift2d(a.masks[t].transpose(1, 2, 0), *found[0]).transpose(2, 0, 1))
+            assert np.array_equal(b.masks[t], shifted(a.masks[t], *found[0]))
         assert len(offsets) <= 1  # one jump per clip: every frame after it keeps the same offset
     assert moved > 0
     with pytest.raises(ValueError, match="jump_prob"):
         ClipSampler(root, jump_prob=2.0)
 
 
-def _shift2d(img, dy, dx):
-    out = np.zeros_like(img)
-    h, w = img.shape[:2]
-    out[max(0, dy):h + min(0, dy), max(0, dx):w + min(0, dx)] = img[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
-    return out
+
+def test_camera_jump_set_tool_shifts_the_second_half(tmp_path):
+    """tools/camera_jump_set.py: the held-out set with a camera jump (models/README.md, item 10)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tinysam2_ros.evaluation.davis import annotation_paths, load_annotation, load_frames
+    from tinysam2_ros.evaluation.synth import SynthConfig, generate_dataset
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    generate_dataset(src, 1, SynthConfig(num_frames=6, size=(48, 64), num_objects=(1, 1)), progress=False)
+    tool = Path(__file__).resolve().parents[1] / "tools" / "camera_jump_set.py"
+    out = subprocess.run([sys.executable, str(tool), str(src), str(dst), "--max-jump", "0.3"], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    dy, dx = (int(v) for v in out.split("= (")[1].split(")")[0].split(","))
+    assert (dy, dx) != (0, 0) and "frames 3-5 shifted" in out
+    seq = "synth_0000"
+    a, b = load_frames(src, seq), load_frames(dst, seq)
+    assert [p.name for p in a] == [p.name for p in b]
+    assert all(a[i].read_bytes() == b[i].read_bytes() for i in range(3))  # before the jump: copied as they were
+    for i, (pa, pb) in enumerate(zip(annotation_paths(src, seq).values(), annotation_paths(dst, seq).values())):
+        ids = load_annotation(pa)
+        assert np.array_equal(load_annotation(pb), shifted(ids, dy, dx) if i >= 3 else ids)

@@ -31,17 +31,21 @@ class GroundTruthQuality:
         self.root = Path(root)
         self.resolution = resolution
         self._paths: dict[int, Path] = {}
+        self._read: tuple[int, object] = (-1, None)  # (frame, id map): objects of a frame share one read
         self.scored = 0  # frames scored by the ground truth
         self.wrong = 0  # of which the mask was wrong
 
     def start(self, seq: str) -> None:
         self._paths = annotation_paths(self.root, seq, self.resolution)
+        self._read = (-1, None)
 
     def __call__(self, obj_id: int, frame_idx: int, low_res_logits: torch.Tensor, object_score: float) -> float | None:
         path = self._paths.get(frame_idx)
         if path is None:
             return None
-        ids = load_annotation(path)
+        if self._read[0] != frame_idx:
+            self._read = (frame_idx, load_annotation(path))
+        ids = self._read[1]
         # the mask the tracker outputs (absent objects' logits are already -1024)
         logits = F.interpolate(low_res_logits[None].float(), size=ids.shape, mode="bilinear", align_corners=False)
         mask = (logits[0, 0] > 0).cpu().numpy()

@@ -186,12 +186,12 @@ def camera_jump(frames: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
     k = int(rng.integers(1, t))
     dy, dx = (np.round(rng.uniform(-max_jump, max_jump, 2) * (h, w))).astype(int)
     frames, masks = frames.copy(), masks.copy()
-    frames[k:] = np.moveaxis(_shifted(np.moveaxis(frames[k:], -1, 1), dy, dx), 1, -1)
-    masks[k:] = _shifted(masks[k:], dy, dx)
+    frames[k:] = np.moveaxis(shifted(np.moveaxis(frames[k:], -1, 1), dy, dx), 1, -1)
+    masks[k:] = shifted(masks[k:], dy, dx)
     return frames, masks
 
 
-def _shifted(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+def shifted(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """``a`` (..., H, W) moved down by ``dy`` and right by ``dx`` pixels, zeros behind."""
     h, w = a.shape[-2:]
     out = np.zeros_like(a)
