@@ -282,6 +282,7 @@ def test_shifted_moves_content_and_fills_zeros():
     assert shifted(a, 1, -1).tolist() == [[0, 0, 0, 0], [2, 3, 4, 0], [6, 7, 8, 0]]
     assert shifted(a, -2, 2).tolist() == [[0, 0, 9, 10], [0, 0, 0, 0], [0, 0, 0, 0]]
     assert shifted(a[None], 0, 0)[0].tolist() == a.tolist() and not shifted(a, 3, 0).any()
+    assert np.array_equal(shifted(np.dstack([a, -a]), 1, -1, axes=(0, 1)), np.dstack([shifted(a, 1, -1), -shifted(a, 1, -1)]))
 
 def test_camera_jumps_move_frames_and_masks_together(tmp_path):
     root = _video_with_an_occlusion(tmp_path)
@@ -298,7 +299,7 @@ def test_camera_jumps_move_frames_and_masks_together(tmp_path):
             moved += 1
             # the jumped frame is the plain one moved by one offset (up to 0.3 x 32 px), and so is its mask
             found = [(dy, dx) for dy in range(-10, 11) for dx in range(-10, 11)
-                     if np.array_equal(b.frames[t], np.moveaxis(shifted(np.moveaxis(a.frames[t], -1, 0), dy, dx), 0, -1))]
+                     if np.array_equal(b.frames[t], shifted(a.frames[t], dy, dx, axes=(0, 1)))]
             assert len(found) == 1 and found[0] != (0, 0)
             offsets.add(found[0])
             assert np.array_equal(b.masks[t], shifted(a.masks[t], *found[0]))

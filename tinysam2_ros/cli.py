@@ -48,7 +48,7 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .checkpoint import resolve_preset
-    from .evaluation.failures import FailureCensus
+    from .evaluation.failures import FAIR_IOU, FailureCensus
     from .evaluation.oracle import GroundTruthQuality
     from .evaluation.run_eval import run_eval, write_json
 
@@ -70,7 +70,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return 2
     if oracle:
         print(f"memory written by the ground truth: {oracle.wrong} of {oracle.scored} tracked object-frames "
-              "had a wrong mask (IoU < 0.5) and were kept out")
+              f"had a wrong mask (IoU < {FAIR_IOU}) and were kept out")
     if census:
         print("\nper object and frame, what the mask covers (lower case: while the target is absent):")
         print("\n".join(census.timeline_lines()))

@@ -42,8 +42,8 @@ def main() -> None:
             if i < at:
                 shutil.copyfile(f, out / f.name)
             else:
-                img = shifted(np.moveaxis(cv2.imread(str(f)), -1, 0), int(dy), int(dx))
-                cv2.imwrite(str(out / f.name), np.moveaxis(img, 0, -1), [cv2.IMWRITE_JPEG_QUALITY, 95])
+                img = shifted(cv2.imread(str(f)), int(dy), int(dx), axes=(0, 1))
+                cv2.imwrite(str(out / f.name), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
         for i, p in annotation_paths(src, seq).items():
             ids = load_annotation(p)
             write_annotation(dst / "Annotations" / seq / p.name, shifted(ids, int(dy), int(dx)) if i >= at else ids)

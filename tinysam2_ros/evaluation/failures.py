@@ -18,13 +18,16 @@ import numpy as np
 from .metrics import region_similarity
 from .synth import SynthConfig, SynthScene, build_scene
 
+GOOD_IOU = 0.8  # a mask this close to the annotation is "good"
+FAIR_IOU = 0.5  # from here it is at least "fair": still on the target
+
 # One character per (object, frame), for timelines. O, D, X, G in lower case: the target
 # is absent (hidden or out of frame) and the mask marks that thing instead.
 LABELS = {
-    ".": "good (IoU >= 0.8; empty while absent)",
-    ":": "fair (IoU 0.5-0.8)",
+    ".": f"good (IoU >= {GOOD_IOU}; empty while absent)",
+    ":": f"fair (IoU {FAIR_IOU}-{GOOD_IOU})",
     "e": "empty while the target is visible",
-    "t": "wrong shape on the target itself (IoU < 0.5)",
+    "t": f"wrong shape on the target itself (IoU < {FAIR_IOU})",
     "O": "on an occluder",
     "D": "on a look-alike distractor",
     "X": "on another target",
@@ -89,9 +92,9 @@ def classify(pred: np.ndarray, ids: np.ndarray, owner: np.ndarray, layers: list[
     ``layers``: each layer's kind ("target", "occluder", "distractor") and object id."""
     target = ids == oid
     iou = region_similarity(pred, target)
-    if iou >= 0.8:
+    if iou >= GOOD_IOU:
         return "."
-    if iou >= 0.5:
+    if iou >= FAIR_IOU:
         return ":"
     if not pred.any():
         return "e"

@@ -15,11 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from .davis import annotation_paths, load_annotation
+from .failures import FAIR_IOU
 from .metrics import VOID_ID, region_similarity
-
-# A frame's mask counts as right from this IoU with the annotation (the failure
-# census's "fair" bound), or when it is empty while the object is absent.
-RIGHT_IOU = 0.5
 
 
 class GroundTruthQuality:
@@ -49,7 +46,8 @@ class GroundTruthQuality:
         # the mask the tracker outputs (absent objects' logits are already -1024)
         logits = F.interpolate(low_res_logits[None].float(), size=ids.shape, mode="bilinear", align_corners=False)
         mask = (logits[0, 0] > 0).cpu().numpy()
-        right = region_similarity(mask, ids == obj_id, void=ids == VOID_ID) >= RIGHT_IOU
+        # right: at least the failure census's "fair" (both empty counts as IoU 1)
+        right = region_similarity(mask, ids == obj_id, void=ids == VOID_ID) >= FAIR_IOU
         self.scored += 1
         self.wrong += not right
         return 1.0 if right else 0.0

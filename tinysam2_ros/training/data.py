@@ -186,18 +186,20 @@ def camera_jump(frames: np.ndarray, masks: np.ndarray, rng: np.random.Generator,
     k = int(rng.integers(1, t))
     dy, dx = (np.round(rng.uniform(-max_jump, max_jump, 2) * (h, w))).astype(int)
     frames, masks = frames.copy(), masks.copy()
-    frames[k:] = np.moveaxis(shifted(np.moveaxis(frames[k:], -1, 1), dy, dx), 1, -1)
+    frames[k:] = shifted(frames[k:], dy, dx, axes=(-3, -2))
     masks[k:] = shifted(masks[k:], dy, dx)
     return frames, masks
 
 
-def shifted(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """``a`` (..., H, W) moved down by ``dy`` and right by ``dx`` pixels, zeros behind."""
-    h, w = a.shape[-2:]
+def shifted(a: np.ndarray, dy: int, dx: int, axes: tuple[int, int] = (-2, -1)) -> np.ndarray:
+    """``a`` moved down by ``dy`` and right by ``dx`` pixels along its (row, column)
+    ``axes`` (default the last two; ``(-3, -2)`` for H x W x C images), zeros behind."""
+    h, w = a.shape[axes[0]], a.shape[axes[1]]
     out = np.zeros_like(a)
     if abs(dy) >= h or abs(dx) >= w:
         return out
-    src_y, dst_y = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
-    src_x, dst_x = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
-    out[..., dst_y, dst_x] = a[..., src_y, src_x]
+    src, dst = [slice(None)] * a.ndim, [slice(None)] * a.ndim
+    src[axes[0]], dst[axes[0]] = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
+    src[axes[1]], dst[axes[1]] = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
+    out[tuple(dst)] = a[tuple(src)]
     return out
