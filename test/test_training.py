@@ -13,7 +13,7 @@ from tinysam2_ros.memory.config import MemoryConfig
 from tinysam2_ros.modeling.build import build_model
 from tinysam2_ros.modeling.presets import get_preset
 from tinysam2_ros.training.data import ClipSampler, shifted
-from tinysam2_ros.training.losses import LossWeights, dice_loss, frame_loss, sigmoid_focal_loss
+from tinysam2_ros.training.losses import LossWeights, dice_loss, frame_loss, propagation_loss, sigmoid_focal_loss
 from tinysam2_ros.training.trainer import TrainConfig, train
 from tinysam2_ros.training.unroll import unroll_clip
 
@@ -45,6 +45,49 @@ def test_losses():
     assert torch.isclose(trained["total"], absent["object_score"] + 0.5 * absent["absent_mask"])
     empty = frame_loss(-good.abs(), ious, torch.tensor([[-5.0]]), torch.zeros_like(target), LossWeights(absent_mask=1))
     assert empty["absent_mask"] < 0.1  # an empty mask for an absent object costs (almost) nothing
+
+
+def _two_frames(object_look, background_look):
+    """4 x 4 features of two frames: frame 0 has the object (look e0) in its top-left 2 x 2
+    on background e1; frame 1 has it in the bottom-right, with the given looks."""
+    e = torch.eye(3)
+    feats = e[1].view(3, 1, 1).repeat(2, 1, 4, 4)
+    labels = torch.zeros(2, 1, 4, 4)
+    feats[0, :, :2, :2] = e[0].view(3, 1, 1)
+    labels[0, 0, :2, :2] = 1
+    feats[1] = background_look.view(3, 1, 1)
+    feats[1, :, 2:, 2:] = object_look.view(3, 1, 1)
+    labels[1, 0, 2:, 2:] = 1
+    return feats, labels
+
+
+def test_propagation_loss_matches_by_appearance_not_position():
+    e = torch.eye(3)
+    feats, labels = _two_frames(e[0], e[1])  # the object moved and kept its look
+    assert float(propagation_loss(feats, labels)) < 1e-3
+    # a look-alike swap: the object's place shows the background's look and vice versa
+    swapped, _ = _two_frames(e[1], e[0])
+    assert float(propagation_loss(swapped, labels)) > 5
+    # only the 4 object positions wrong (background kept): still half the loss, since
+    # classes weigh alike however small
+    hidden, _ = _two_frames(e[1], e[1])
+    assert float(propagation_loss(hidden, labels)) > 0.4 * float(propagation_loss(swapped, labels))
+    assert float(propagation_loss(feats[:1], labels[:1])) == 0.0  # nothing to propagate to
+    grad_feats = swapped.clone().requires_grad_(True)
+    propagation_loss(grad_feats, labels).backward()
+    assert grad_feats.grad[1].abs().sum() > 0 and grad_feats.grad[0].abs().sum() > 0
+
+
+def test_appearance_weight_trains_and_logs_the_propagation_loss(data, tmp_path):
+    rows = {}
+    for w in (0.0, 1.0):
+        train(TrainConfig(str(data), str(tmp_path / f"w{w}"), iterations=2, warmup=1, clip_len=3, bn_init_clips=1,
+                          appearance_weight=w), log=lambda *_: None)
+        rows[w] = list(csv.DictReader(open(tmp_path / f"w{w}" / "train_log.csv")))
+    assert all(float(r["appearance"]) == 0 for r in rows[0.0])
+    assert all(float(r["appearance"]) > 0 for r in rows[1.0])
+    # same clips and weights at iteration 1: the total differs by the weighted term
+    assert float(rows[1.0][0]["loss"]) > float(rows[0.0][0]["loss"])
 
 
 def test_clip_sampler_and_prompts(data):
@@ -226,13 +269,16 @@ def test_probe_model_reports_feature_scale_and_prompt_effect(data):
     from pathlib import Path
 
     tool = Path(__file__).resolve().parents[1] / "tools" / "probe_model.py"
-    out = subprocess.run([sys.executable, str(tool), str(data / "heldout")], capture_output=True, text=True,
-                         timeout=300, check=True).stdout
+    out = subprocess.run([sys.executable, str(tool), str(data / "heldout"), "--step", "3"], capture_output=True,
+                         text=True, timeout=300, check=True).stdout
     assert "image feature std" in out
     lines = [line for line in out.splitlines() if "max logit difference" in line]
     assert [line.split()[0] for line in lines] == ["box", "mask"]
     # a mask prompt is its own output: two different objects differ on the prompted frame
     assert float(lines[1].split("prompted frame ")[1].split(",")[0]) > 1.0
+    appearance = [line for line in out.splitlines() if line.startswith("appearance alone")]
+    assert len(appearance) == 1 and float(appearance[0].split("propagation loss ")[1].split(",")[0]) > 0
+    assert int(appearance[0].split(" of ")[-1]) > 0  # object positions were scored
 
 
 def test_unroll_keeps_the_memory_bank_the_tracker_keeps(tmp_path):

@@ -149,6 +149,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed, device=args.device, time_budget_min=args.time_budget_min, threads=args.threads,
         freeze_bn=args.freeze_bn, bn_refresh_every=args.bn_refresh_every, locality_prior=args.locality_prior,
         focal_weight=args.focal_weight, dice_weight=args.dice_weight, absent_mask_weight=args.absent_mask_weight,
+        appearance_weight=args.appearance_weight,
         prompt_mix=tuple(args.prompt_mix),
         teacher_forcing=args.teacher_forcing, teacher_forcing_until=args.teacher_forcing_until,
     )
@@ -354,6 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--absent-mask-weight", type=float, default=0.0,
                    help="also train the mask of an object that is absent (hidden or out of frame) towards empty, "
                         "with this weight (default 0: SAM 2 trains only the object score there)")
+    p.add_argument("--appearance-weight", type=float, default=0.0,
+                   help="weight of a label-propagation loss on the image features: frame 0's masks are carried "
+                        "to the clip's other frames by feature similarity alone and scored, so objects learn to "
+                        "look unlike their look-alikes (default 0: SAM 2's losses only)")
     p.add_argument("--prompt-mix", type=_prompt_mix, default=(1.0, 0.0, 0.0), metavar="MASK,BOX,CLICKS",
                    help="relative frequencies of first-frame prompt kinds (default 1,0,0: masks only)")
     p.add_argument("--teacher-forcing", type=float, default=0.0,

@@ -23,6 +23,8 @@ class LossWeights:
     # empty too (same focal + dice mix), so the decoder itself learns not to mark the
     # occluder or look-alike that hides it.
     absent_mask: float = 0.0
+    # Weight of ``propagation_loss`` on the image features (0: off, SAM 2's recipe).
+    appearance: float = 0.0
 
 
 def sigmoid_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0):
@@ -79,3 +81,36 @@ def frame_loss(
         total = total + w.absent_mask * absent_l
     return {"total": total, "focal": focal_l, "dice": dice_l, "iou": iou_l, "object_score": score_l,
             "absent_mask": absent_l}
+
+
+PROPAGATION_TEMPERATURE = 0.1  # of the cosine similarities in ``propagation_loss``
+
+
+def propagation_loss(features: torch.Tensor, labels: torch.Tensor,
+                     temperature: float = PROPAGATION_TEMPERATURE) -> torch.Tensor:
+    """Label propagation by appearance alone: each position of frames 1.. takes the labels
+    of frame 0's positions in proportion to ``softmax(cosine / temperature)`` of their
+    image features, and is scored (cross-entropy) against its own labels.
+
+    ``features``: T x C x h x w image features (no positional encoding); ``labels``:
+    T x O x h x w object masks at that size (soft, e.g. area-downsampled); background is
+    what no object covers. The cross-entropy is averaged per class, then over the classes
+    present, so small objects weigh as much as the background. No learned parameters: it
+    only shapes the features so that an object matches itself across frames and not a
+    look-alike or the background in its place, which the memory attention can then use.
+    Returns 0 for a single frame.
+    """
+    t_len = features.shape[0]
+    if t_len < 2:
+        return features.sum() * 0.0
+    f = F.normalize(features.flatten(2), dim=1)  # T x C x N
+    objects = labels.flatten(2).clamp(0, 1)  # T x O x N
+    background = (1 - objects.sum(1, keepdim=True)).clamp(min=0)
+    y = torch.cat([background, objects], 1)  # T x K x N
+    attn = torch.softmax(torch.einsum("tcn,cm->tnm", f[1:], f[0]) / temperature, dim=-1)  # (T-1) x N x N
+    propagated = torch.einsum("tnm,km->tkn", attn, y[0])  # (T-1) x K x N
+    nll = -(y[1:] * torch.log(propagated.clamp(min=1e-6)))  # (T-1) x K x N
+    mass = y[1:].sum(-1)  # (T-1) x K
+    per_class = nll.sum(-1) / mass.clamp(min=1e-6)
+    present = (mass > 0.5).float()  # at least half a position of the class
+    return (per_class * present).sum() / present.sum().clamp(min=1.0)

@@ -26,7 +26,7 @@ from .data import ClipSampler
 from .losses import LossWeights
 from .unroll import unroll_clip
 
-LOG_FIELDS = ("iteration", "loss", "focal", "dice", "iou", "object_score", "lr", "seconds")
+LOG_FIELDS = ("iteration", "loss", "focal", "dice", "iou", "object_score", "lr", "seconds", "appearance")
 
 
 @dataclass
@@ -58,6 +58,10 @@ class TrainConfig:
     focal_weight: float = 20.0
     dice_weight: float = 10.0
     absent_mask_weight: float = 0.0  # train absent objects' masks towards empty (losses.py)
+    # Weight of the label-propagation loss on the image features (losses.py): teaches the
+    # trunk to tell an object from look-alikes by appearance, which mask losses alone
+    # teach only at the rare frames where a look-alike passes (models/README.md, item 11).
+    appearance_weight: float = 0.0
     # P(mask), P(box), P(clicks) on the first frame. Masks only: a mask-prompted first
     # frame writes a clean memory, so all the signal trains tracking. Measured on a
     # validation set after two 46-min runs (models/README.md, item 7), masks only beat
@@ -179,7 +183,8 @@ def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> 
     if start == 0 and not cfg.init_checkpoint and cfg.bn_init_clips > 0:
         recalibrate_batchnorm(model, sampler, cfg.bn_init_clips, cfg.seed + 1, device)
         log(f"BatchNorm statistics initialised from {cfg.bn_init_clips} clips")
-    weights = LossWeights(focal=cfg.focal_weight, dice=cfg.dice_weight, absent_mask=cfg.absent_mask_weight)
+    weights = LossWeights(focal=cfg.focal_weight, dice=cfg.dice_weight, absent_mask=cfg.absent_mask_weight,
+                          appearance=cfg.appearance_weight)
     log_path = out / "train_log.csv"
     new_log = not log_path.exists() or start == 0
     with open(log_path, "w" if new_log else "a", newline="") as fh:
@@ -212,7 +217,7 @@ def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> 
             vals = {k: float(v.detach()) for k, v in losses.items()}
             writer.writerow([it + 1, f"{vals['total']:.5f}", f"{vals['focal']:.5f}", f"{vals['dice']:.5f}",
                              f"{vals['iou']:.5f}", f"{vals['object_score']:.5f}", f"{lr:.6f}",
-                             f"{time.time() - t0:.1f}"])
+                             f"{time.time() - t0:.1f}", f"{vals.get('appearance', 0.0):.5f}"])
             bar.set_postfix(loss=f"{vals['total']:.3f}", dice=f"{vals['dice']:.3f}")
             done = it + 1
             over_time = cfg.time_budget_min is not None and time.time() - t0 > cfg.time_budget_min * 60

@@ -33,7 +33,7 @@ from ..memory.quality import frame_quality, mask_agreement, next_bank
 from ..modeling.sam2_model import HeadOutput, SAM2Model
 from ..tracking.preprocess import preprocess_mask, preprocess_rgb, scale_points
 from .data import Clip
-from .losses import LossWeights, frame_loss
+from .losses import LossWeights, frame_loss, propagation_loss
 
 
 def _layout(model: SAM2Model) -> TokenLayout:
@@ -155,7 +155,13 @@ def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: Los
         memories.append(_encode(model, pix, o, layout, factor))
         pointers.append(o.obj_ptr)
     keys = losses[0].keys()
-    return {k: torch.stack([l[k] for l in losses]).mean() for k in keys}
+    result = {k: torch.stack([l[k] for l in losses]).mean() for k in keys}
+    if weights.appearance > 0:
+        feat_size = feats.pix_feat.shape[-2:]
+        labels = F.interpolate(targets, size=feat_size, mode="area")
+        result["appearance"] = propagation_loss(feats.pix_feat, labels)
+        result["total"] = result["total"] + weights.appearance * result["appearance"]
+    return result
 
 
 def _encode(model: SAM2Model, pix: torch.Tensor, out: HeadOutput, layout: TokenLayout, factor: int) -> torch.Tensor:
