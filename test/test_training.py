@@ -78,6 +78,19 @@ def test_propagation_loss_matches_by_appearance_not_position():
     assert grad_feats.grad[1].abs().sum() > 0 and grad_feats.grad[0].abs().sum() > 0
 
 
+def test_propagation_loss_pools_large_grids():
+    torch.manual_seed(0)
+    feats, labels = torch.randn(3, 8, 64, 64), (torch.rand(3, 2, 64, 64) > 0.7).float()
+    pooled = propagation_loss(torch.nn.functional.avg_pool2d(feats, 2), torch.nn.functional.avg_pool2d(labels, 2))
+    assert torch.allclose(propagation_loss(feats, labels), pooled)  # 64 x 64 is pooled to 32 x 32 first
+    assert not torch.allclose(propagation_loss(feats, labels, max_side=64), pooled)
+
+
+def test_negative_loss_weights_are_refused(data, tmp_path):
+    with pytest.raises(ValueError, match="appearance_weight"):
+        train(TrainConfig(str(data), str(tmp_path / "run"), iterations=1, appearance_weight=-1), log=lambda *_: None)
+
+
 def test_appearance_weight_trains_and_logs_the_propagation_loss(data, tmp_path):
     rows = {}
     for w in (0.0, 1.0):

@@ -17,18 +17,17 @@ import argparse
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from tinysam2_ros.checkpoint import load_checkpoint, resolve_preset
-import torch.nn.functional as F
-
-from tinysam2_ros.evaluation.davis import annotation_paths, first_annotations, list_sequences, load_annotation, load_frames
-from tinysam2_ros.evaluation.davis import prompt_kwargs
+from tinysam2_ros.evaluation.davis import (annotation_paths, first_annotations, list_sequences, load_annotation,
+                                           load_frames, prompt_kwargs)
 from tinysam2_ros.modeling.build import build_model
 from tinysam2_ros.modeling.presets import get_preset
 from tinysam2_ros.tracking.preprocess import preprocess_rgb
 from tinysam2_ros.tracking.tracker import Tracker, TrackerConfig
-from tinysam2_ros.training.losses import PROPAGATION_TEMPERATURE, propagation_loss
+from tinysam2_ros.training.losses import propagate_labels, propagation_loss
 
 
 @torch.no_grad()
@@ -52,14 +51,11 @@ def appearance_match(model, root, step: int = 10) -> tuple[float, float, int]:
         masks = torch.from_numpy(np.stack([[a == o for o in objects] for a in ids]).astype(np.float32))
         labels = F.interpolate(masks, size=feats.shape[-2:], mode="area")
         losses.append(float(propagation_loss(feats, labels)))
-        f = F.normalize(feats.flatten(2), dim=1)
-        y0 = torch.cat([(1 - labels[0].sum(0, keepdim=True)).clamp(min=0), labels[0]]).flatten(1)
-        attn = torch.softmax(torch.einsum("tcn,cm->tnm", f[1:], f[0]) / PROPAGATION_TEMPERATURE, dim=-1)
-        guess = torch.einsum("tnm,km->tkn", attn, y0).argmax(1)  # (T-1) x N, 0 = background
-        inside = labels[1:].flatten(2)  # (T-1) x O x N
-        for k in range(len(objects)):
-            cells = inside[:, k] > 0.5
-            right += int((guess[cells] == k + 1).sum())
+        propagated, own = propagate_labels(feats, labels)
+        guess = propagated.argmax(1)  # (T-1) x N, 0 = background
+        for k in range(1, own.shape[1]):
+            cells = own[1:, k] > 0.5  # positions mostly inside object k
+            right += int((guess[cells] == k).sum())
             total += int(cells.sum())
     return float(np.mean(losses)) if losses else float("nan"), right / max(total, 1), total
 

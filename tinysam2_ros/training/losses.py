@@ -84,31 +84,49 @@ def frame_loss(
 
 
 PROPAGATION_TEMPERATURE = 0.1  # of the cosine similarities in ``propagation_loss``
+PROPAGATION_MAX_SIDE = 32  # larger grids are average-pooled first: the similarity is N x N
 
 
-def propagation_loss(features: torch.Tensor, labels: torch.Tensor,
-                     temperature: float = PROPAGATION_TEMPERATURE) -> torch.Tensor:
-    """Label propagation by appearance alone: each position of frames 1.. takes the labels
-    of frame 0's positions in proportion to ``softmax(cosine / temperature)`` of their
-    image features, and is scored (cross-entropy) against its own labels.
+def propagate_labels(features: torch.Tensor, labels: torch.Tensor,
+                     temperature: float = PROPAGATION_TEMPERATURE,
+                     max_side: int = PROPAGATION_MAX_SIDE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame 0's labels carried to frames 1.. by appearance alone: each position takes
+    the labels of frame 0's positions in proportion to ``softmax(cosine / temperature)``
+    of their image features.
 
     ``features``: T x C x h x w image features (no positional encoding); ``labels``:
-    T x O x h x w object masks at that size (soft, e.g. area-downsampled); background is
-    what no object covers. The cross-entropy is averaged per class, then over the classes
-    present, so small objects weigh as much as the background. No learned parameters: it
-    only shapes the features so that an object matches itself across frames and not a
-    look-alike or the background in its place, which the memory attention can then use.
-    Returns 0 for a single frame.
+    T x O x h x w object masks at that size (soft, e.g. area-downsampled). Returns the
+    propagated labels, (T-1) x K x N, and every frame's own, T x K x N, where K = 1 + O
+    (class 0 is the background: what no object covers) and N the grid positions. Grids
+    larger than ``max_side`` (the 64 x 64 of 1024-px presets) are average-pooled to at
+    most ``max_side`` per side, features and labels alike, so the (T-1) x N x N
+    similarities stay small.
     """
-    t_len = features.shape[0]
-    if t_len < 2:
-        return features.sum() * 0.0
+    h, w = features.shape[-2:]
+    if max(h, w) > max_side:
+        size = (min(h, max_side), min(w, max_side))
+        features = F.adaptive_avg_pool2d(features, size)
+        labels = F.adaptive_avg_pool2d(labels, size)
     f = F.normalize(features.flatten(2), dim=1)  # T x C x N
     objects = labels.flatten(2).clamp(0, 1)  # T x O x N
     background = (1 - objects.sum(1, keepdim=True)).clamp(min=0)
     y = torch.cat([background, objects], 1)  # T x K x N
     attn = torch.softmax(torch.einsum("tcn,cm->tnm", f[1:], f[0]) / temperature, dim=-1)  # (T-1) x N x N
-    propagated = torch.einsum("tnm,km->tkn", attn, y[0])  # (T-1) x K x N
+    return torch.einsum("tnm,km->tkn", attn, y[0]), y
+
+
+def propagation_loss(features: torch.Tensor, labels: torch.Tensor,
+                     temperature: float = PROPAGATION_TEMPERATURE,
+                     max_side: int = PROPAGATION_MAX_SIDE) -> torch.Tensor:
+    """Cross-entropy of ``propagate_labels`` against each frame's own labels: a loss that
+    shapes the image features so that an object matches itself across frames and not a
+    look-alike, occluder or the background in its place, which the memory attention can
+    then use. No learned parameters. Averaged per class, then over the classes present,
+    so a small object weighs as much as the background. 0 for a single frame.
+    """
+    if features.shape[0] < 2:
+        return features.sum() * 0.0
+    propagated, y = propagate_labels(features, labels, temperature, max_side)
     nll = -(y[1:] * torch.log(propagated.clamp(min=1e-6)))  # (T-1) x K x N
     mass = y[1:].sum(-1)  # (T-1) x K
     per_class = nll.sum(-1) / mass.clamp(min=1e-6)

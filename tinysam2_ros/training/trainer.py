@@ -153,6 +153,9 @@ def save_weights(model, path: Path, dtype: torch.dtype = torch.float16, preset: 
 
 def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> Path:
     """Run training; returns the path of the final weights (``<out>/model.safetensors``)."""
+    for name in ("focal_weight", "dice_weight", "absent_mask_weight", "appearance_weight"):
+        if not getattr(cfg, name) >= 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
