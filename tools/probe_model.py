@@ -6,7 +6,7 @@ A model whose image features have grown far beyond its prompt and mask embedding
 the memory. This prints the feature scale and how much the first-frame mask and the
 next frame's tracked mask change between two objects of one DAVIS-layout sequence.
 Then, over every sequence, how well the image features alone carry the first frame's
-masks to later frames (``training.losses.propagation_loss``, no memory, no position):
+masks to later frames (``training.losses.propagate_labels``, no memory, no position):
 the loss and the share of object positions that get their own object's label.
 
     .venv/bin/python tools/probe_model.py out/synth_heldout --checkpoint models/demo_tiny_norm.safetensors
@@ -17,7 +17,6 @@ import argparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from tinysam2_ros.checkpoint import load_checkpoint, resolve_preset
@@ -27,12 +26,12 @@ from tinysam2_ros.modeling.build import build_model
 from tinysam2_ros.modeling.presets import get_preset
 from tinysam2_ros.tracking.preprocess import preprocess_rgb
 from tinysam2_ros.tracking.tracker import Tracker, TrackerConfig
-from tinysam2_ros.training.losses import propagate_labels, propagation_loss
+from tinysam2_ros.training.losses import propagate_labels, propagation_cross_entropy
 
 
 @torch.no_grad()
 def appearance_match(model, root, step: int = 10) -> tuple[float, float, int]:
-    """Mean ``propagation_loss`` from frame 0 to every ``step``-th annotated frame, the
+    """Mean propagation loss from frame 0 to every ``step``-th annotated frame, the
     share of object positions (feature grid cells mostly inside an object) whose
     propagated label is that object, and how many such positions were scored."""
     losses, right, total = [], 0, 0
@@ -48,10 +47,9 @@ def appearance_match(model, root, step: int = 10) -> tuple[float, float, int]:
         images = torch.cat([preprocess_rgb(np.asarray(Image.open(frames[i]).convert("RGB")), model.image_size)
                             for i in picks])
         feats = model.encode_image(images).pix_feat
-        masks = torch.from_numpy(np.stack([[a == o for o in objects] for a in ids]).astype(np.float32))
-        labels = F.interpolate(masks, size=feats.shape[-2:], mode="area")
-        losses.append(float(propagation_loss(feats, labels)))
-        propagated, own = propagate_labels(feats, labels)
+        masks = torch.from_numpy(np.stack([[a == o for o in objects] for a in ids]))
+        propagated, own = propagate_labels(feats, masks)
+        losses.append(float(propagation_cross_entropy(propagated, own)))
         guess = propagated.argmax(1)  # (T-1) x N, 0 = background
         for k in range(1, own.shape[1]):
             cells = own[1:, k] > 0.5  # positions mostly inside object k

@@ -87,48 +87,51 @@ PROPAGATION_TEMPERATURE = 0.1  # of the cosine similarities in ``propagation_los
 PROPAGATION_MAX_SIDE = 32  # larger grids are average-pooled first: the similarity is N x N
 
 
-def propagate_labels(features: torch.Tensor, labels: torch.Tensor,
+def propagate_labels(features: torch.Tensor, masks: torch.Tensor,
                      temperature: float = PROPAGATION_TEMPERATURE,
                      max_side: int = PROPAGATION_MAX_SIDE) -> tuple[torch.Tensor, torch.Tensor]:
     """Frame 0's labels carried to frames 1.. by appearance alone: each position takes
     the labels of frame 0's positions in proportion to ``softmax(cosine / temperature)``
     of their image features.
 
-    ``features``: T x C x h x w image features (no positional encoding); ``labels``:
-    T x O x h x w object masks at that size (soft, e.g. area-downsampled). Returns the
-    propagated labels, (T-1) x K x N, and every frame's own, T x K x N, where K = 1 + O
-    (class 0 is the background: what no object covers) and N the grid positions. Grids
-    larger than ``max_side`` (the 64 x 64 of 1024-px presets) are average-pooled to at
-    most ``max_side`` per side, features and labels alike, so the (T-1) x N x N
-    similarities stay small.
+    ``features``: T x C x h x w image features (no positional encoding); ``masks``:
+    T x O x H x W object masks at any size, averaged over each grid cell (soft labels).
+    Returns the propagated labels, (T-1) x K x N, and every frame's own, T x K x N, where
+    K = 1 + O (class 0 is the background: what no object covers) and N the grid
+    positions. Grids larger than ``max_side`` (the 64 x 64 of 1024-px presets) are
+    average-pooled to at most ``max_side`` per side, so the (T-1) x N x N similarities
+    stay small.
     """
     h, w = features.shape[-2:]
-    if max(h, w) > max_side:
-        size = (min(h, max_side), min(w, max_side))
-        features = F.adaptive_avg_pool2d(features, size)
-        labels = F.adaptive_avg_pool2d(labels, size)
+    grid = (min(h, max_side), min(w, max_side))
+    if grid != (h, w):
+        features = F.adaptive_avg_pool2d(features, grid)
     f = F.normalize(features.flatten(2), dim=1)  # T x C x N
-    objects = labels.flatten(2).clamp(0, 1)  # T x O x N
+    objects = F.adaptive_avg_pool2d(masks.float(), grid).flatten(2).clamp(0, 1)  # T x O x N
     background = (1 - objects.sum(1, keepdim=True)).clamp(min=0)
     y = torch.cat([background, objects], 1)  # T x K x N
     attn = torch.softmax(torch.einsum("tcn,cm->tnm", f[1:], f[0]) / temperature, dim=-1)  # (T-1) x N x N
     return torch.einsum("tnm,km->tkn", attn, y[0]), y
 
 
-def propagation_loss(features: torch.Tensor, labels: torch.Tensor,
-                     temperature: float = PROPAGATION_TEMPERATURE,
-                     max_side: int = PROPAGATION_MAX_SIDE) -> torch.Tensor:
-    """Cross-entropy of ``propagate_labels`` against each frame's own labels: a loss that
-    shapes the image features so that an object matches itself across frames and not a
-    look-alike, occluder or the background in its place, which the memory attention can
-    then use. No learned parameters. Averaged per class, then over the classes present,
-    so a small object weighs as much as the background. 0 for a single frame.
-    """
-    if features.shape[0] < 2:
-        return features.sum() * 0.0
-    propagated, y = propagate_labels(features, labels, temperature, max_side)
-    nll = -(y[1:] * torch.log(propagated.clamp(min=1e-6)))  # (T-1) x K x N
-    mass = y[1:].sum(-1)  # (T-1) x K
+def propagation_cross_entropy(propagated: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``propagate_labels``'s outputs, averaged per class, then over the
+    classes present, so a small object weighs as much as the background."""
+    nll = -(own[1:] * torch.log(propagated.clamp(min=1e-6)))  # (T-1) x K x N
+    mass = own[1:].sum(-1)  # (T-1) x K
     per_class = nll.sum(-1) / mass.clamp(min=1e-6)
     present = (mass > 0.5).float()  # at least half a position of the class
     return (per_class * present).sum() / present.sum().clamp(min=1.0)
+
+
+def propagation_loss(features: torch.Tensor, masks: torch.Tensor,
+                     temperature: float = PROPAGATION_TEMPERATURE,
+                     max_side: int = PROPAGATION_MAX_SIDE) -> torch.Tensor:
+    """A loss that shapes the image features so that an object matches itself across
+    frames and not a look-alike, occluder or the background in its place, which the
+    memory attention can then use: ``propagation_cross_entropy`` of ``propagate_labels``
+    (same arguments). No learned parameters. 0 for a single frame.
+    """
+    if features.shape[0] < 2:
+        return features.sum() * 0.0
+    return propagation_cross_entropy(*propagate_labels(features, masks, temperature, max_side))

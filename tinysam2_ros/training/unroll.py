@@ -157,9 +157,7 @@ def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: Los
     keys = losses[0].keys()
     result = {k: torch.stack([l[k] for l in losses]).mean() for k in keys}
     if weights.appearance > 0:
-        feat_size = feats.pix_feat.shape[-2:]
-        labels = F.interpolate(targets, size=feat_size, mode="area")
-        result["appearance"] = propagation_loss(feats.pix_feat, labels)
+        result["appearance"] = propagation_loss(feats.pix_feat, targets)
         result["total"] = result["total"] + weights.appearance * result["appearance"]
     return result
 
