@@ -355,10 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--absent-mask-weight", type=float, default=0.0,
                    help="also train the mask of an object that is absent (hidden or out of frame) towards empty, "
                         "with this weight (default 0: SAM 2 trains only the object score there)")
-    p.add_argument("--appearance-weight", type=float, default=0.0,
+    p.add_argument("--appearance-weight", type=float, default=1.0,
                    help="weight of a label-propagation loss on the image features: frame 0's masks are carried "
                         "to the clip's other frames by feature similarity alone and scored, so objects learn to "
-                        "look unlike their look-alikes (default 0: SAM 2's losses only)")
+                        "look unlike their look-alikes (default 1, as the demo model; 0: SAM 2's losses only)")
     p.add_argument("--prompt-mix", type=_prompt_mix, default=(1.0, 0.0, 0.0), metavar="MASK,BOX,CLICKS",
                    help="relative frequencies of first-frame prompt kinds (default 1,0,0: masks only)")
     p.add_argument("--teacher-forcing", type=float, default=0.0,

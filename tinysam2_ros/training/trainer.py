@@ -60,8 +60,9 @@ class TrainConfig:
     absent_mask_weight: float = 0.0  # train absent objects' masks towards empty (losses.py)
     # Weight of the label-propagation loss on the image features (losses.py): teaches the
     # trunk to tell an object from look-alikes by appearance, which mask losses alone
-    # teach only at the rare frames where a look-alike passes (models/README.md, item 11).
-    appearance_weight: float = 0.0
+    # teach only at the rare frames where a look-alike passes (models/README.md, items
+    # 11-12: +0.03-0.06 J&F from scratch). 0 = SAM 2's losses only.
+    appearance_weight: float = 1.0
     # P(mask), P(box), P(clicks) on the first frame. Masks only: a mask-prompted first
     # frame writes a clean memory, so all the signal trains tracking. Measured on a
     # validation set after two 46-min runs (models/README.md, item 7), masks only beat
