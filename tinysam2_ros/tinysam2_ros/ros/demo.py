@@ -27,8 +27,8 @@ from std_msgs.msg import Header
 
 from ..evaluation.davis import annotation_paths, first_annotations, load_annotation, prompt_kwargs
 from ..evaluation.metrics import j_and_f, summarize
-from ..msg import Prompt, TrackArray
-from ..srv import AddPrompts
+from tinysam2_ros_msgs.msg import Prompt, TrackArray
+from tinysam2_ros_msgs.srv import AddPrompts
 from .image_codec import image_msg_to_rgb, mask_to_image_msg, rgb_to_image_msg
 from .tracker_node import TrackerNode
 

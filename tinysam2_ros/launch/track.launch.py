@@ -7,12 +7,29 @@ Several cameras: launch once per camera with its own namespace.
 """
 import os
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+
+def _rviz(context, share: str):
+    """RViz when asked for and installed; otherwise a warning, and the tracker runs alone."""
+    wanted = LaunchConfiguration("use_rviz").perform(context).strip().lower() in ("true", "1", "yes")
+    if not wanted:
+        return []
+    try:
+        get_package_share_directory("rviz2")
+    except PackageNotFoundError:
+        return [LogInfo(msg="[WARN] use_rviz:=true but rviz2 is not installed here: starting tracker_node alone "
+                            "(apt install ros-$ROS_DISTRO-rviz2, or run RViz on another machine)")]
+    return [Node(
+        package="rviz2",
+        executable="rviz2",
+        namespace=LaunchConfiguration("namespace"),
+        arguments=["-d", os.path.join(share, "config", "track.rviz")],
+    )]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -49,11 +66,4 @@ def generate_launch_description() -> LaunchDescription:
         ],
         remappings=[("image", LaunchConfiguration("image")), ("prompts", LaunchConfiguration("prompts"))],
     )
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        namespace=LaunchConfiguration("namespace"),
-        arguments=["-d", os.path.join(share, "config", "track.rviz")],
-        condition=IfCondition(LaunchConfiguration("use_rviz")),
-    )
-    return LaunchDescription(args + [node, rviz])
+    return LaunchDescription(args + [node, OpaqueFunction(function=_rviz, args=[share])])

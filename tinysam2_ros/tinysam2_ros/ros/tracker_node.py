@@ -29,8 +29,8 @@ from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 from std_srvs.srv import Trigger
 
 from ..tracking.tracker import FrameResult
-from ..msg import PromptArray, Track, TrackArray
-from ..srv import AddPrompts, RemoveObject
+from tinysam2_ros_msgs.msg import PromptArray, Track, TrackArray
+from tinysam2_ros_msgs.srv import AddPrompts, RemoveObject
 from .image_codec import (
     ImageDecodeError,
     compressed_msg_to_rgb,
@@ -367,17 +367,35 @@ class TrackerNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the node until Ctrl-C (``ros2 run tinysam2_ros tracker_node``)."""
-    rclpy.init(args=args)
+    """Run the node until SIGINT/SIGTERM (``ros2 run tinysam2_ros tracker_node``).
+
+    rclpy's own handler would invalidate the context while the worker still publishes;
+    instead a signal ends the spin, the node goes through its lifecycle shutdown (worker
+    joined, publishers released), and only then is the context shut down.
+    """
+    import signal
+
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = TrackerNode()
     executor = rclpy.executors.MultiThreadedExecutor(num_threads=2)
     executor.add_node(node)
+    stop = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        node.get_logger().info(f"{signal.Signals(signum).name}: shutting down")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
     try:
-        executor.spin()
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     finally:
-        node.on_shutdown(None)
+        if node.session is not None or node._worker is not None:
+            node.trigger_shutdown()
+        executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the ament_python package tinysam2_ros/
+REPO_ROOT = PACKAGE_DIR.parent  # the git checkout (../shared sits beside it)
 SHARED_DIR = REPO_ROOT.parent / "shared"
 EDGETAM_FIXTURE = SHARED_DIR / "fixtures" / "edgetam_reference"
 REFERENCE_DIR = SHARED_DIR / "reference"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 rclpy = pytest.importorskip("rclpy")
-pytest.importorskip("tinysam2_ros.msg", reason="ROS interfaces not built (run `make setup`)")
+pytest.importorskip("tinysam2_ros_msgs.msg", reason="ROS interfaces not built (run `make setup`)")
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import Point  # noqa: E402
@@ -23,9 +23,9 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from tinysam2_ros.modeling.build import build_model  # noqa: E402
-from tinysam2_ros.msg import Prompt, PromptArray, TrackArray  # noqa: E402
+from tinysam2_ros_msgs.msg import Prompt, PromptArray, TrackArray  # noqa: E402
 from tinysam2_ros.ros.tracker_node import TrackerNode  # noqa: E402
-from tinysam2_ros.srv import AddPrompts, RemoveObject  # noqa: E402
+from tinysam2_ros_msgs.srv import AddPrompts, RemoveObject  # noqa: E402
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 H, W = 96, 128
@@ -411,7 +411,7 @@ def test_flood_is_dropped_not_queued(ros, checkpoint):
 
 
 # ---------------------------------------------------------------- launch file and parameter file
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]  # the ament_python package dir
 
 
 def test_launch_file_refers_to_what_the_package_installs():
@@ -431,10 +431,11 @@ def test_launch_file_refers_to_what_the_package_installs():
     assert kw["package"].value == "tinysam2_ros" and kw["executable"].value == "tracker_node"
     overridden = {k.value for k in kw["parameters"].elts[1].keys}
     assert overridden <= set(SPECS)
-    cmake = (REPO / "CMakeLists.txt").read_text()
-    installed = re.search(r"install\(PROGRAMS ([^)]*) DESTINATION lib/\$\{PROJECT_NAME\}\)", cmake).group(1).split()
-    assert "scripts/tracker_node" in installed and (REPO / "scripts" / "tracker_node").stat().st_mode & 0o111
-    assert "foreach(_dir launch config engine models)" in cmake
+    setup_py = (REPO / "setup.py").read_text()
+    assert '"tracker_node = tinysam2_ros.ros.tracker_node:main"' in setup_py
+    for folder in ("launch", "config", "engine", "models"):
+        assert f'_share("{folder}")' in setup_py
+    assert "install_scripts=$base/lib/tinysam2_ros" in (REPO / "setup.cfg").read_text()  # where ros2 run looks
     source = (REPO / "launch" / "track.launch.py").read_text()
     for name in ("tracker.yaml", "track.rviz"):
         assert name in source and (REPO / "config" / name).is_file()

@@ -5,7 +5,7 @@ import cv2
 import pytest
 import torch
 
-pytest.importorskip("tinysam2_ros.msg", reason="ROS interfaces not built (run `make setup`)")
+pytest.importorskip("tinysam2_ros_msgs.msg", reason="ROS interfaces not built (run `make setup`)")
 
 from tinysam2_ros.cli import main  # noqa: E402
 from tinysam2_ros.evaluation.synth import SynthConfig, generate_sequence  # noqa: E402

@@ -281,7 +281,7 @@ def test_probe_model_reports_feature_scale_and_prompt_effect(data):
     import sys
     from pathlib import Path
 
-    tool = Path(__file__).resolve().parents[1] / "tools" / "probe_model.py"
+    tool = Path(__file__).resolve().parents[2] / "tools" / "probe_model.py"
     out = subprocess.run([sys.executable, str(tool), str(data / "heldout"), "--step", "3"], capture_output=True,
                          text=True, timeout=300, check=True).stdout
     assert "image feature std" in out
@@ -380,7 +380,7 @@ def test_camera_jump_set_tool_shifts_the_second_half(tmp_path):
 
     src, dst = tmp_path / "src", tmp_path / "dst"
     generate_dataset(src, 1, SynthConfig(num_frames=6, size=(48, 64), num_objects=(1, 1)), progress=False)
-    tool = Path(__file__).resolve().parents[1] / "tools" / "camera_jump_set.py"
+    tool = Path(__file__).resolve().parents[2] / "tools" / "camera_jump_set.py"
     out = subprocess.run([sys.executable, str(tool), str(src), str(dst), "--max-jump", "0.3"], capture_output=True,
                          text=True, timeout=120, check=True).stdout
     dy, dx = (int(v) for v in out.split("= (")[1].split(")")[0].split(","))
