@@ -34,7 +34,7 @@ setup(
     maintainer="tinysam2_ros maintainers",
     maintainer_email="maintainers@tinysam2-ros.dev",
     license="Apache-2.0",
-    tests_require=["pytest"],
+    extras_require={"test": ["pytest"]},
     entry_points={
         "console_scripts": [
             "tracker_node = tinysam2_ros.ros.tracker_node:main",
