@@ -383,6 +383,11 @@ def test_bad_checkpoint_fails_configure_cleanly(ros, tmp_path):
         node.destroy_node()
 
 
+def _bytes_per_object(text: str) -> dict[int, int]:
+    """The diagnostics value "id:bytes, id:bytes" as a dict."""
+    return {int(k): int(v) for k, v in (item.split(":") for item in text.split(", ") if item != "none")}
+
+
 def test_flood_is_dropped_not_queued(ros, checkpoint):
     h = Harness(checkpoint)
     try:
@@ -405,7 +410,10 @@ def test_flood_is_dropped_not_queued(ros, checkpoint):
         assert stats.received.count - received_before >= 50
         assert dropped > 0 and stats.processed.count + dropped <= stats.received.count + 1
         assert stats.processed.count < stats.received.count
-        assert h.node.session.diagnostics()["memory_bytes_per_object"] == mid_bytes
+        # memory stays bounded: no object holds more than the most any held before the flood
+        # (an object's bytes move by one entry as frames enter or leave its window)
+        assert max(_bytes_per_object(h.node.session.diagnostics()["memory_bytes_per_object"]).values()) <= max(
+            _bytes_per_object(mid_bytes).values())
     finally:
         h.close()
 
