@@ -242,7 +242,7 @@ def test_learning_rate_schedule():
 def test_prompt_mix_argument():
     import argparse
 
-    from tinysam2_ros.cli import _prompt_mix
+    from tinysam2_ros.training.config import prompt_mix as _prompt_mix
 
     assert _prompt_mix("1,0,0") == (1.0, 0.0, 0.0)
     for bad in ("1,2", "a,b,c", "-1,1,1", "0,0,0"):
