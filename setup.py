@@ -13,6 +13,6 @@ setup(
     package_data={"tinysam2_ros.backends": ["tensorrt_onnx_ops.txt"]},
     python_requires=">=3.10",
     install_requires=["numpy", "torch", "opencv-python-headless", "pillow", "safetensors", "tqdm"],
-    extras_require={"export": ["onnx", "onnxruntime"], "test": ["pytest"]},
+    extras_require={"export": ["onnx", "onnxruntime"], "train": ["pycocotools"], "test": ["pytest", "pycocotools"]},
     entry_points={"console_scripts": ["tinysam2 = tinysam2_ros.cli:main"]},
 )
