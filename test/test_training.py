@@ -155,6 +155,7 @@ def held_out_loss(model, root) -> float:
                                           torch.device("cpu"))["total"] for s in range(6)]))
 
 
+@pytest.mark.slow
 def test_short_training_beats_the_untrained_model(data, tmp_path):
     torch.manual_seed(0)
     cfg = TrainConfig(str(data), str(tmp_path / "run"), iterations=80, warmup=5, clip_len=4, save_every=40)

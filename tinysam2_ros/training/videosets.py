@@ -218,9 +218,17 @@ def detect_layout(root: str | Path) -> str:
         raise FileNotFoundError(f"dataset root {root} is not a folder")
     if sav_annotation_files(root):
         return "sav"
-    if find_meta(root) is not None and (root / davis.IMAGE_DIR).is_dir():
+    meta = find_meta(root)
+    if meta is not None and (root / davis.IMAGE_DIR).is_dir() and _lists_videos(meta):
         return "ytvos"
-    return "davis"
+    return "davis"  # also `tinysam2 synth` output, whose meta.json describes the generator
+
+
+def _lists_videos(meta: Path) -> bool:
+    try:
+        return isinstance(json.loads(meta.read_text()).get("videos"), dict)
+    except (ValueError, AttributeError):
+        return False
 
 
 def open_videoset(root: str | Path, layout: str = "auto", sequences: list[str] | None = None) -> VideoSet:
