@@ -124,6 +124,21 @@ def test_bf16_autocast_trains_on_cpu(toy, tmp_path):
     assert bf[0]["loss"] != fp[0]["loss"]
 
 
+def test_fp16_keeps_its_gradient_scaler_across_a_resume(toy, tmp_path):
+    """fp16 autocast steps through a GradScaler, whose scale (halved on every overflow)
+    is saved in last.json and taken up again by the resumed run."""
+    out = tmp_path / "fp16"
+    train(TrainConfig(str(toy), str(out), **{**SHORT, "amp": "fp16", "stop_at": 2}), **QUIET)
+    saved = json.loads((out / "last.json").read_text())["scaler"]
+    # the first steps overflow at the initial 2**16 and are skipped: the scale is lower now
+    assert 0 < saved["scale"] < 65536.0 and all(np.isfinite(float(r["loss"])) for r in _rows(out))
+    messages = []
+    train(TrainConfig(str(toy), str(out), **{**SHORT, "amp": "fp16", "iterations": 3}), log=messages.append)
+    after = json.loads((out / "last.json").read_text())["scaler"]
+    assert after["scale"] in (saved["scale"], saved["scale"] / 2)  # continued, not restarted at 65536
+    assert any("at iteration 2" in m for m in messages)
+
+
 def test_resume_refuses_a_pickled_state(toy, tmp_path):
     torch.save({"iteration": 1}, tmp_path / "last.pt")
     with pytest.raises(ValueError, match="pickled state of an older version"):

@@ -95,8 +95,9 @@ class TrainConfig:
     device: str = setting("cpu", "torch device: cpu or cuda (under torchrun each process takes cuda:LOCAL_RANK)")
     amp: str = setting("off", "mixed precision: autocast to bf16 or fp16 (fp16 with a gradient scaler)",
                        choices=AMP_MODES)
-    workers: int = setting(2, "DataLoader worker processes decoding clips (0: in the training process)",
-                           range=(0, None))
+    workers: int | None = setting(None, "DataLoader worker processes decoding clips (default: 4 on CUDA, so the "
+                                  "GPU is not starved; 0 on CPU, where the cores train: decoding in the training "
+                                  "process)", range=(0, None))
     time_budget_min: float | None = setting(None, "stop and save after this many minutes", range=(0.0, None))
     stop_at: int | None = setting(None, "stop (and save) after this iteration, as an interrupted run would, for "
                                   "jobs with a time limit; the schedule still runs to --iterations",

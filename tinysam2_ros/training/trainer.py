@@ -105,6 +105,10 @@ def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> 
         leave(world)
 
 
+def _workers(cfg: TrainConfig, device: torch.device) -> int:
+    return cfg.workers if cfg.workers is not None else (4 if device.type == "cuda" else 0)
+
+
 def _frozen_bn_train_mode(model, freeze_bn: bool) -> None:
     model.train()
     if freeze_bn:
@@ -186,7 +190,7 @@ def _train(cfg: TrainConfig, memory_overrides: dict, log, world: World) -> Path:
     per = cfg.batch_clips // world.size
     loader = iter(clip_loader(sampler, cfg.seed, model.image_size,
                               RankClips(start, cfg.iterations, cfg.batch_clips, world.rank, world.size),
-                              cfg.workers, pin=device.type == "cuda"))
+                              _workers(cfg, device), pin=device.type == "cuda"))
     log_path = out / "train_log.csv"
     new_log = not log_path.exists() or start == 0
     fh = open(log_path, "w" if new_log else "a", newline="") if world.main else None
