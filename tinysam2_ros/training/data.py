@@ -85,16 +85,21 @@ class ClipSampler:
         self._n = {s: self.videos.num_frames(s) for s in self.sequences}
         self._ann = {s: set(self.videos.annotated(s)) for s in self.sequences}
         self._cache: dict[tuple[str, int], np.ndarray] = {}
+        self._cache_bytes = 0
         self.event_prob = event_prob
         self.events = self._find_events() if event_prob > 0 else []
         self.jump_prob = jump_prob
         self.max_jump = max_jump
 
+    _CACHE_BYTES = 512 * 2**20  # decoded id maps kept (SA-V's are full-HD int32: 8 MB each)
+
     def _ids(self, seq: str, i: int) -> np.ndarray:
         if (seq, i) not in self._cache:
-            if len(self._cache) > 4096:
+            if self._cache_bytes > self._CACHE_BYTES:
                 self._cache.clear()
+                self._cache_bytes = 0
             self._cache[seq, i] = self.videos.ids(seq, i)
+            self._cache_bytes += self._cache[seq, i].nbytes
         return self._cache[seq, i]
 
     def _usable(self, seq: str, idx: list[int]) -> bool:

@@ -201,7 +201,7 @@ class SAVSet(VideoSet):
         rles = [{"size": r["size"], "counts": r["counts"].encode() if isinstance(r["counts"], str) else r["counts"]}
                 for r in rles]
         masks = mask_utils.decode(rles)  # H x W x objects
-        out = np.zeros(masks.shape[:2], np.int32)
+        out = np.zeros(masks.shape[:2], np.uint8 if masks.shape[2] < 255 else np.int32)
         for k in range(masks.shape[2]):
             out[masks[:, :, k] > 0] = k + 1
         return out
