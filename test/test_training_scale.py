@@ -40,7 +40,7 @@ def _rows(out: Path) -> list[dict]:
 
 
 # a short run of the tiny preset: 2 clips of 2 frames per iteration
-SHORT = dict(preset="tiny", iterations=4, batch_clips=2, clip_len=2, max_objects=1, warmup=1, bn_init_clips=1,
+SHORT = dict(preset="tiny", iterations=3, batch_clips=2, clip_len=2, max_objects=1, warmup=1, bn_init_clips=1,
              workers=0, save_every=1, appearance_weight=0.5)
 
 
@@ -96,7 +96,7 @@ def test_two_gloo_processes_take_the_steps_of_one_and_resume_with_any_world_size
     train(TrainConfig(str(toy), str(ddp), **SHORT), log=messages.append)
     assert any("at iteration 2 (saved by 2 process(es), continued by 1)" in m for m in messages)
     a, b = _rows(single), _rows(ddp)
-    assert [r["iteration"] for r in b] == ["1", "2", "3", "4"]
+    assert [r["iteration"] for r in b] == ["1", "2", "3"]
     for ra, rb in zip(a, b):
         for k in ("loss", "dice", "focal", "appearance"):
             assert float(rb[k]) == pytest.approx(float(ra[k]), rel=1e-3, abs=1e-5), (ra["iteration"], k)

@@ -115,10 +115,25 @@ def test_youtube_vos_errors(tmp_path):
     (root / "meta.json").write_text('{"videos": {"zzz": {}}}')
     with pytest.raises(ValueError, match="none of the 1 videos"):
         open_videoset(root, "ytvos")
+    (root / "meta.json").unlink()  # no meta file (some MOSE downloads): every folder is read
+    assert open_videoset(root, "mose").sequences == ["a"]
     shutil.rmtree(root / "Annotations")
-    (root / "meta.json").unlink()
-    with pytest.raises(FileNotFoundError, match="no meta.json"):
+    with pytest.raises(FileNotFoundError, match="no Annotations folder"):
         open_videoset(root, "ytvos")
+
+
+def test_videos_without_a_clip_are_left_out(tmp_path):
+    """YouTube-VOS validation annotates only an object's first frame: no clip to train on."""
+    root = _write_ytvos(tmp_path, {"one": 11, "two": 16})
+    for p in (root / "Annotations" / "one").glob("*.png"):
+        if p.stem != "00000":
+            p.unlink()
+    assert ClipSampler(open_videoset(root), clip_len=6, max_stride=1).sequences == ["two"]
+    for p in (root / "Annotations" / "two").glob("*.png"):
+        if p.stem != "00000":
+            p.unlink()
+    with pytest.raises(ValueError, match="no sequence under .* has a clip of 6 frames"):
+        ClipSampler(open_videoset(root), clip_len=6, max_stride=1)
 
 
 def _write_sav(root, vid: str, n_frames: int, as_mp4: bool):

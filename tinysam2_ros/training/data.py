@@ -84,6 +84,12 @@ class ClipSampler:
             raise ValueError(f"no sequences under {self.root}")
         self._n = {s: self.videos.num_frames(s) for s in self.sequences}
         self._ann = {s: set(self.videos.annotated(s)) for s in self.sequences}
+        # sequences with no clip at all (YouTube-VOS validation: one annotated frame) are left out
+        self.sequences = [s for s in self.sequences if any(
+            self._usable(s, [i + k * d for k in range(clip_len)]) for i in self._ann[s] for d in range(1, max_stride + 1))]
+        if not self.sequences:
+            raise ValueError(f"no sequence under {self.root} has a clip of {clip_len} frames (stride up to "
+                             f"{max_stride}) with its first and one more frame annotated")
         self._cache: dict[tuple[str, int], np.ndarray] = {}
         self._cache_bytes = 0
         self.event_prob = event_prob

@@ -6,7 +6,8 @@ frames are annotated, frames (RGB uint8) and object-id maps (0 background). Layo
 * DAVIS 2017: ``JPEGImages/[480p/]<seq>/*.jpg``, ``Annotations/[480p/]<seq>/*.png``
   (palette PNGs, 255 = void), every frame annotated.
 * YouTube-VOS 2019 and MOSE: the same folders plus ``meta.json`` (MOSE: ``meta_train.json``
-  or ``meta_valid.json``), ``{"videos": {<seq>: {"objects": {...}}}}``. YouTube-VOS
+  or ``meta_valid.json``, in the split folder or beside it), ``{"videos": {<seq>:
+  {"objects": {...}}}}``, which lists the videos read (without one: every folder). YouTube-VOS
   annotates every 5th frame; when ``JPEGImages`` holds all frames, the others are
   unannotated and carry no loss.
 * SA-V: per video ``<vid>.mp4`` (or a folder of its frames) and ``<vid>_manual.json``
@@ -90,30 +91,29 @@ def find_meta(root: Path) -> Path | None:
 
 
 class YouTubeVOSSet(DavisSet):
-    """YouTube-VOS 2019 / MOSE: DAVIS folders (no resolution level) listed by a meta file."""
+    """YouTube-VOS 2019 / MOSE: DAVIS folders (no resolution level), the videos listed by
+    the meta file when there is one (else every folder with frames and annotations)."""
 
     layout = "ytvos"
 
     def __init__(self, root, meta: str | Path | None = None, sequences: list[str] | None = None) -> None:
         root = Path(root)
         meta_path = Path(meta) if meta else find_meta(root)
-        if meta_path is None:
-            raise FileNotFoundError(f"no meta.json (YouTube-VOS) or meta_train.json (MOSE) in {root} or its parent")
-        try:
-            videos = json.loads(meta_path.read_text())["videos"]
-            if not isinstance(videos, dict):
-                raise TypeError("'videos' is not an object")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{meta_path} is not a YouTube-VOS/MOSE meta file "
-                             f"({{\"videos\": {{<name>: {{\"objects\": ...}}}}}}): {exc}") from exc
-        if sequences is None:
-            have = set(davis.list_sequences(root, resolution=""))
-            sequences = sorted(v for v in videos if v in have)
+        have = davis.list_sequences(root, resolution="")
+        if meta_path is not None and sequences is None:
+            try:
+                videos = json.loads(meta_path.read_text())["videos"]
+                if not isinstance(videos, dict):
+                    raise TypeError("'videos' is not an object")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{meta_path} is not a YouTube-VOS/MOSE meta file "
+                                 f"({{\"videos\": {{<name>: {{\"objects\": ...}}}}}}): {exc}") from exc
+            sequences = sorted(v for v in videos if v in set(have))
             if not sequences:
                 raise ValueError(f"none of the {len(videos)} videos in {meta_path} has frames and annotations "
                                  f"under {root}")
         self.meta_path = meta_path
-        super().__init__(root, resolution="", sequences=sequences)
+        super().__init__(root, resolution="", sequences=sequences if sequences is not None else have)
 
 
 class SAVSet(VideoSet):
