@@ -85,12 +85,15 @@ def test_two_gloo_processes_take_the_steps_of_one_and_resume_with_any_world_size
     ddp = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tinysam2_ros.cli", "train", str(toy), "--out", str(ddp), "--stop-at", "2", *_cli(SHORT)]
+           "-m", "tinysam2_ros.cli", "train", str(toy), "--out", str(ddp), "--stop-at", "2", "--val-data", str(toy),
+           "--val-clips", "1", *_cli(SHORT)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "2 processes (gloo), 1 of 2 clips per iteration each" in res.stdout + res.stderr
     assert json.loads((ddp / "last.json").read_text())["world_size"] == 2
     assert [r["iteration"] for r in _rows(ddp)] == ["1", "2"]
+    val = (ddp / "val_log.csv").read_text().splitlines()  # process 0 validated once, where it stopped
+    assert val[0] == "iteration,val_loss" and len(val) == 2 and val[1].startswith("2,") and float(val[1][2:]) > 0
 
     messages = []
     train(TrainConfig(str(toy), str(ddp), **SHORT), log=messages.append)
