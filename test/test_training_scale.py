@@ -167,7 +167,7 @@ def test_sam21_layout_transfers_all_but_the_trunk_and_neck_inputs(reference_dir,
 
 
 @pytest.mark.slow
-def test_tinysam2_from_edgetam_weights_loads_steps_and_saves(edgetam_fixture_dir, toy, tmp_path):
+def test_tinysam2_from_edgetam_weights_loads_steps_and_saves(edgetam_fixture_dir, toy, tmp_path, capsys):
     """The TinySAM 2 recipe from an EdgeTAM checkpoint (the fixture's weights as a stand-in):
     what transfers is reported, the frozen image encoder stays the checkpoint's, the rest trains."""
     from tinysam2_ros.cli import main
@@ -177,7 +177,10 @@ def test_tinysam2_from_edgetam_weights_loads_steps_and_saves(edgetam_fixture_dir
     assert main(["train", str(toy), "--out", str(out), "--preset", "tinysam2", "--init", str(ckpt),
                  "--freeze-image-encoder", "--iterations", "1", "--clip-len", "2", "--max-objects", "1",
                  "--workers", "0", "--lr", "1e-3"]) == 0
+    printed = capsys.readouterr().out
     report = json.loads((out / "init_report.json").read_text())
+    assert f"{report['counts']['from_checkpoint']} tensors from {ckpt}" in printed
+    assert "memory_attention.layers.2 (26), memory_attention.layers.3 (26)" in printed  # the log names them
     assert report["counts"]["from_checkpoint"] == len(report["from_checkpoint"]) > 900
     assert "memory_attention.layers.2.linear1.weight" in report["initialised"]  # EdgeTAM has 2 of the 4 layers
     assert any(k.startswith("spatial_perceiver.") for k in report["unused"])

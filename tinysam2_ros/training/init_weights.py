@@ -33,6 +33,15 @@ class InitReport:
                 f"({len(self.shape_mismatch)} of them present with another shape), "
                 f"{len(self.unused)} tensors of the checkpoint unused")
 
+    def initialised_groups(self) -> str:
+        """The initialised tensors by module (``memory_attention.layers.2 (13)``), for the log."""
+        groups: dict[str, int] = {}
+        for key in self.initialised + [k.split(":")[0] for k in self.shape_mismatch]:
+            parts = key.split(".")
+            name = ".".join(parts[:3]) if len(parts) > 3 else ".".join(parts[:-1]) or key
+            groups[name] = groups.get(name, 0) + 1
+        return ", ".join(f"{k} ({n})" for k, n in groups.items())
+
     def write(self, path: Path) -> None:
         counts = {"from_checkpoint": len(self.from_checkpoint), "initialised": len(self.initialised),
                   "shape_mismatch": len(self.shape_mismatch), "unused": len(self.unused)}

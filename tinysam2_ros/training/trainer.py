@@ -152,7 +152,9 @@ def _train(cfg: TrainConfig, memory_overrides: dict, log, world: World) -> Path:
     resuming = has_state(out)
     if cfg.init_checkpoint and not resuming:
         report = init_from_checkpoint(model, cfg.init_checkpoint, cfg.preset)
-        log(report.summary() + (f"; listed in {out / 'init_report.json'}" if world.main else ""))
+        log(report.summary() + f"; listed in {out / 'init_report.json'}")
+        if report.initialised or report.shape_mismatch:
+            log(f"initialised, not from the checkpoint: {report.initialised_groups()}")
         if world.main:
             report.write(out / "init_report.json")
     if cfg.freeze_image_encoder:
