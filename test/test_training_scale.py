@@ -191,3 +191,32 @@ def test_tinysam2_from_edgetam_weights_loads_steps_and_saves(edgetam_fixture_dir
     moved = [k for k in report["from_checkpoint"] if k.startswith("sam_mask_decoder.") and
              not torch.equal(saved[k], theirs[k])]
     assert moved, "nothing outside the frozen encoder was trained"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the prepared check for a GPU machine)")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_training_with_autocast_and_pinned_workers(toy, tmp_path, amp):
+    """On a GPU: autocast, pinned clips from 2 workers; the losses are those of float32
+    on the same clips within autocast's precision."""
+    runs = {}
+    for mode in ("off", amp):
+        out = tmp_path / mode
+        train(TrainConfig(str(toy), str(out), **{**SHORT, "iterations": 2, "device": "cuda", "amp": mode,
+                                                 "workers": 2}), **QUIET)
+        runs[mode] = _rows(out)
+    assert all(np.isfinite(float(r["loss"])) for r in runs[amp])
+    assert float(runs[amp][0]["loss"]) == pytest.approx(float(runs["off"][0]["loss"]), rel=0.05)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")
+def test_two_nccl_processes_take_the_steps_of_one(toy, tmp_path):
+    cfg = {**SHORT, "device": "cuda"}
+    train(TrainConfig(str(toy), str(tmp_path / "one"), **cfg), **QUIET)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "tinysam2_ros.cli", "train", str(toy), "--out", str(tmp_path / "two"), *_cli(cfg)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "2 processes (nccl)" in res.stdout + res.stderr
+    for ra, rb in zip(_rows(tmp_path / "one"), _rows(tmp_path / "two")):
+        assert float(rb["loss"]) == pytest.approx(float(ra["loss"]), rel=1e-3)
