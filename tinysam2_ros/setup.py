@@ -34,7 +34,7 @@ setup(
     maintainer="tinysam2_ros maintainers",
     maintainer_email="maintainers@tinysam2-ros.dev",
     license="Apache-2.0",
-    extras_require={"test": ["pytest"]},
+    extras_require={"export": ["onnx", "onnxruntime"], "train": ["pycocotools"], "test": ["pytest", "pycocotools"]},
     entry_points={
         "console_scripts": [
             "tracker_node = tinysam2_ros.ros.tracker_node:main",

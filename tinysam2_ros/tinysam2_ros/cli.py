@@ -128,33 +128,12 @@ def _cmd_track(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prompt_mix(text: str) -> tuple[float, float, float]:
-    try:
-        mix = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        mix = ()
-    if len(mix) != 3 or min(mix) < 0 or sum(mix) <= 0:
-        raise argparse.ArgumentTypeError(f"expected three non-negative weights MASK,BOX,CLICKS, got {text!r}")
-    return mix
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training.trainer import TrainConfig, train
+    from .training.config import from_arguments
+    from .training.trainer import train
 
-    cfg = TrainConfig(
-        data_root=args.data_root, out_dir=args.out, preset=args.preset, init_checkpoint=args.init,
-        iterations=args.iterations, lr=args.lr, clip_len=args.clip_len, max_stride=args.max_stride,
-        max_objects=args.max_objects, event_clips=args.event_clips, camera_jumps=args.camera_jumps,
-        max_jump=args.max_jump,
-        seed=args.seed, device=args.device, time_budget_min=args.time_budget_min, threads=args.threads,
-        freeze_bn=args.freeze_bn, bn_refresh_every=args.bn_refresh_every, locality_prior=args.locality_prior,
-        focal_weight=args.focal_weight, dice_weight=args.dice_weight, absent_mask_weight=args.absent_mask_weight,
-        appearance_weight=args.appearance_weight,
-        prompt_mix=tuple(args.prompt_mix),
-        teacher_forcing=args.teacher_forcing, teacher_forcing_until=args.teacher_forcing_until,
-    )
     try:
-        train(cfg, memory_overrides=_memory_overrides(args))
+        train(from_arguments(args), memory_overrides=_memory_overrides(args))
     except (FileNotFoundError, ValueError, KeyError) as exc:
         print(f"tinysam2 train: {exc}", file=sys.stderr)
         return 2
@@ -321,60 +300,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
-        help="train or fine-tune a preset on DAVIS-layout videos (TinySAM 2 memory in the loop)",
+        help="train or fine-tune a preset on DAVIS, YouTube-VOS, MOSE or SA-V videos (TinySAM 2 memory in the "
+        "loop); one process or several under torchrun",
         description="Sample short clips, simulate prompts (mask, box, clicks) on their first frame, unroll the tracker "
         "with the preset's memory (pooling, token selection) and minimise SAM 2's losses (focal + dice, IoU, object "
-        "score). Resumes from OUT/last.pt; writes OUT/train_log.csv and OUT/model.safetensors.",
+        "score). Under `torchrun --nproc_per_node N -m tinysam2_ros.cli train ...` the clips of each iteration are split "
+        "over N processes (DistributedDataParallel). Resumes from OUT/last.safetensors + OUT/last.json with any "
+        "number of processes; writes OUT/train_log.csv and OUT/model.safetensors.",
     )
-    p.add_argument("data_root", help="directory with JPEGImages/ and Annotations/")
-    p.add_argument("--out", required=True, help="output directory (checkpoints, log, final weights)")
-    p.add_argument("--preset", default="tiny_norm", help="model preset (default: tiny_norm, the demo model's)")
-    p.add_argument("--init", help="start from these weights (fine-tuning)")
-    p.add_argument("--iterations", type=int, default=2000, help="training iterations (default 2000)")
-    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
-    p.add_argument("--clip-len", type=int, default=6, help="frames per clip (default 6)")
-    p.add_argument("--max-stride", type=int, default=2,
-                   help="a clip takes every k-th frame, k drawn from 1..MAX_STRIDE (default 2)")
-    p.add_argument("--max-objects", type=int, default=3, help="objects per clip (default 3)")
-    p.add_argument("--event-clips", type=float, default=0.0, metavar="P",
-                   help="share of clips placed around an occlusion or exit found in the annotations (an object's "
-                        "visible area halving), with the event inside the clip (default 0: clips anywhere)")
-    p.add_argument("--camera-jumps", type=float, default=0.0, metavar="P",
-                   help="share of clips where the camera jumps once: from a random frame on, the frames shift by "
-                        "up to --max-jump of their size, so the object must be found by appearance (default 0)")
-    p.add_argument("--max-jump", type=float, default=0.25,
-                   help="largest camera jump, as a fraction of the frame size per axis (default 0.25)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    p.add_argument("--time-budget-min", type=float, help="stop and save after this many minutes")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--focal-weight", type=float, default=20.0, help="focal loss weight (default 20, as SAM 2)")
-    p.add_argument("--dice-weight", type=float, default=10.0,
-                   help="dice loss weight (default 10; SAM 2 uses 1, which collapses small objects to empty masks "
-                        "when training from scratch)")
-    p.add_argument("--absent-mask-weight", type=float, default=0.0,
-                   help="also train the mask of an object that is absent (hidden or out of frame) towards empty, "
-                        "with this weight (default 0: SAM 2 trains only the object score there)")
-    p.add_argument("--appearance-weight", type=float, default=1.0,
-                   help="weight of a label-propagation loss on the image features: frame 0's masks are carried "
-                        "to the clip's other frames by feature similarity alone and scored, so objects learn to "
-                        "look unlike their look-alikes (default 1, as the demo model; 0: SAM 2's losses only)")
-    p.add_argument("--prompt-mix", type=_prompt_mix, default=(1.0, 0.0, 0.0), metavar="MASK,BOX,CLICKS",
-                   help="relative frequencies of first-frame prompt kinds (default 1,0,0: masks only)")
-    p.add_argument("--teacher-forcing", type=float, default=0.0,
-                   help="initial probability of writing a frame's memory from its ground truth instead of the "
-                        "prediction, falling linearly to 0 (default 0 = SAM 2's recipe; helps training from scratch)")
-    p.add_argument("--teacher-forcing-until", type=float, default=0.6,
-                   help="fraction of the iterations at which teacher forcing reaches 0 (default 0.6)")
-    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=True,
-                   help="keep BatchNorm statistics fixed, so training and streaming inference normalise alike "
-                        "(default: on; --no-freeze-bn trains them and re-estimates them at the end)")
-    p.add_argument("--bn-refresh-every", type=int, default=0,
-                   help="with --freeze-bn, re-estimate BatchNorm statistics every N iterations so features stay "
-                        "normalised as the weights move (default 0 = never; see models/README.md)")
-    p.add_argument("--locality-prior", type=float, default=3.5,
-                   help="from scratch: initialise the memory cross-attention to attend near each query's own "
-                        "position, with this amplitude (default 3.5; 0 = PyTorch's init; see models/README.md)")
+    from .training.config import add_arguments
+
+    add_arguments(p)
     _add_memory_args(p)
     p.set_defaults(func=_cmd_train)
 

@@ -1,8 +1,10 @@
-"""Short training clips from DAVIS-layout videos, with simulated prompts.
+"""Short training clips from videos (any layout of ``videosets.py``), with simulated prompts.
 
-A clip is ``clip_len`` consecutive frames (optionally strided) starting on a frame
-where at least one object is visible; up to ``max_objects`` of the objects visible
-on that first frame are tracked.
+A clip is ``clip_len`` consecutive frames (optionally strided) starting on an
+annotated frame where at least one object is visible; up to ``max_objects`` of the
+objects visible on that first frame are tracked. With sparse annotations (YouTube-VOS:
+every 5th frame) a clip may hold unannotated frames: they are tracked but carry no loss
+(``Clip.annotated``); a clip needs at least one annotated frame after the first.
 
 Drift happens at *events*: an object hidden by an occluder or a look-alike passing in
 front, or leaving the frame. A random short clip rarely contains one, so with
@@ -25,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import torch
 
-from ..evaluation.davis import annotation_paths, list_sequences, load_annotation, load_frames
+from .videosets import VideoSet, open_videoset
 
 
 @dataclass
@@ -44,15 +46,24 @@ class Clip:
     masks: np.ndarray  # T x O x H x W bool
     obj_ids: list[int]
     prompts: list[ClipPrompt]
+    annotated: np.ndarray | None = None  # T bool: frames with ground truth (None: all)
+    images: torch.Tensor | None = None  # T x 3 x S x S model input, when a loader worker made it
+
+    def pin_memory(self) -> "Clip":
+        """Called by ``DataLoader(pin_memory=True)``: page-locked model input for fast,
+        asynchronous copies to the GPU."""
+        if self.images is not None:
+            self.images = self.images.pin_memory()
+        return self
 
 
 _MIN_PIXELS = 16  # smaller is not visible: not prompted on a clip's first frame, no event to lose
 
 
 class ClipSampler:
-    """Random clips of a DAVIS-layout dataset (annotated frames only)."""
+    """Random clips of a dataset: a ``VideoSet`` reader or a root (layout detected)."""
 
-    def __init__(self, root: str | Path, clip_len: int = 6, max_objects: int = 3, max_stride: int = 2,
+    def __init__(self, root: str | Path | VideoSet, clip_len: int = 6, max_objects: int = 3, max_stride: int = 2,
                  prompt_probs=(0.3, 0.4, 0.3), sequences: list[str] | None = None, event_prob: float = 0.0,
                  jump_prob: float = 0.0, max_jump: float = 0.25) -> None:
         if clip_len < 2 or max_objects < 1 or max_stride < 1:
@@ -62,31 +73,46 @@ class ClipSampler:
             raise ValueError(f"event_prob must lie in [0, 1], got {event_prob}")
         if not (0.0 <= jump_prob <= 1.0 and 0.0 <= max_jump < 1.0):
             raise ValueError(f"jump_prob must lie in [0, 1] and max_jump in [0, 1), got {jump_prob}, {max_jump}")
-        self.root = Path(root)
+        self.videos = root if isinstance(root, VideoSet) else open_videoset(root)
+        self.root = self.videos.root
         self.clip_len = clip_len
         self.max_objects = max_objects
         self.max_stride = max_stride
         self.prompt_probs = np.asarray(prompt_probs, dtype=np.float64) / np.sum(prompt_probs)
-        self.sequences = sequences or list_sequences(self.root)
+        self.sequences = sequences or self.videos.sequences
         if not self.sequences:
             raise ValueError(f"no sequences under {self.root}")
-        self._frames = {s: load_frames(self.root, s) for s in self.sequences}
-        self._ann = {s: annotation_paths(self.root, s) for s in self.sequences}
-        self._cache: dict[Path, np.ndarray] = {}
+        self._n = {s: self.videos.num_frames(s) for s in self.sequences}
+        self._ann = {s: set(self.videos.annotated(s)) for s in self.sequences}
+        # sequences with no clip at all (YouTube-VOS validation: one annotated frame) are left out
+        self.sequences = [s for s in self.sequences if any(
+            self._usable(s, [i + k * d for k in range(clip_len)]) for i in self._ann[s] for d in range(1, max_stride + 1))]
+        if not self.sequences:
+            raise ValueError(f"no sequence under {self.root} has a clip of {clip_len} frames (stride up to "
+                             f"{max_stride}) with its first and one more frame annotated")
+        self._cache: dict[tuple[str, int], np.ndarray] = {}
+        self._cache_bytes = 0
         self.event_prob = event_prob
         self.events = self._find_events() if event_prob > 0 else []
         self.jump_prob = jump_prob
         self.max_jump = max_jump
 
-    def _rgb(self, path: Path) -> np.ndarray:
-        return np.asarray(Image.open(path).convert("RGB"))
+    _CACHE_BYTES = 512 * 2**20  # decoded id maps kept (SA-V's are full-HD int32: 8 MB each)
 
-    def _ids(self, path: Path) -> np.ndarray:
-        if path not in self._cache:
-            if len(self._cache) > 4096:
+    def _ids(self, seq: str, i: int) -> np.ndarray:
+        if (seq, i) not in self._cache:
+            if self._cache_bytes > self._CACHE_BYTES:
                 self._cache.clear()
-            self._cache[path] = load_annotation(path)
-        return self._cache[path]
+                self._cache_bytes = 0
+            self._cache[seq, i] = self.videos.ids(seq, i)
+            self._cache_bytes += self._cache[seq, i].nbytes
+        return self._cache[seq, i]
+
+    def _usable(self, seq: str, idx: list[int]) -> bool:
+        """In range, first frame annotated, and at least one annotated frame after it."""
+        ann = self._ann[seq]
+        return (bool(idx) and idx[0] >= 0 and idx[-1] < self._n[seq] and idx[0] in ann
+                and any(i in ann for i in idx[1:]))
 
     def _find_events(self, drop: float = 0.5, lookback: int = 3) -> list[tuple[str, int, int]]:
         """(sequence, object, frame) where the object's visible area first falls below ``drop``
@@ -96,9 +122,11 @@ class ClipSampler:
             frames = sorted(self._ann[seq])
             areas = []
             for i in frames:
-                ids = self._ids(self._ann[seq][i])
-                areas.append(np.bincount(ids.ravel(), minlength=256)[:255])
-            areas = np.stack(areas) if areas else np.zeros((0, 255))
+                ids = self._ids(seq, i)
+                counts = np.bincount(ids.ravel(), minlength=256)
+                areas.append(counts[:255] if self.videos.void == 255 else counts)
+            width = max((len(a) for a in areas), default=255)
+            areas = np.stack([np.pad(a, (0, width - len(a))) for a in areas]) if areas else np.zeros((0, 255))
             low = np.zeros(areas.shape[1], dtype=bool)  # inside an event: count its onset only
             for n in range(1, len(frames)):
                 before = areas[max(0, n - lookback) : n].max(axis=0)
@@ -119,7 +147,8 @@ class ClipSampler:
             return seq, [start + k * stride for k in range(self.clip_len)], oid
         seq = self.sequences[rng.integers(len(self.sequences))]
         stride = int(rng.integers(1, self.max_stride + 1))
-        starts = [i for i in sorted(self._ann[seq]) if all(i + k * stride in self._ann[seq] for k in range(self.clip_len))]
+        starts = [i for i in sorted(self._ann[seq])
+                  if self._usable(seq, [i + k * stride for k in range(self.clip_len)])]
         if not starts:
             return seq, [], None
         start = starts[rng.integers(len(starts))]
@@ -129,10 +158,11 @@ class ClipSampler:
         for _ in range(100):
             seq, idx, must = self._window(rng)
             ann = self._ann[seq]
-            if not idx or not all(i in ann for i in idx):
+            if not self._usable(seq, idx):
                 continue
-            first = self._ids(ann[idx[0]])
-            present = [int(i) for i in np.unique(first) if i not in (0, 255) and (first == i).sum() >= _MIN_PIXELS]
+            first = self._ids(seq, idx[0])
+            present = [int(i) for i in np.unique(first)
+                       if i not in (0, self.videos.void) and (first == i).sum() >= _MIN_PIXELS]
             if not present or (must is not None and must not in present):
                 continue
             rng.shuffle(present)
@@ -140,16 +170,17 @@ class ClipSampler:
                 present.remove(must)
                 present.insert(0, must)
             obj_ids = sorted(present[: self.max_objects])
-            frames = np.stack([self._rgb(self._frames[seq][i]) for i in idx])
-            ids = np.stack([self._ids(ann[i]) for i in idx])
+            frames = self.videos.frames(seq, idx)
+            annotated = np.array([i in ann for i in idx])
+            ids = np.stack([self._ids(seq, i) if i in ann else np.zeros_like(first) for i in idx])
             masks = np.stack([ids == o for o in obj_ids], axis=1)
             if rng.random() < 0.5:  # the same horizontal flip for the whole clip
                 frames, masks = frames[:, :, ::-1].copy(), masks[..., ::-1].copy()
             if self.jump_prob > 0 and rng.random() < self.jump_prob:
                 frames, masks = camera_jump(frames, masks, rng, self.max_jump)
             prompts = [self._prompt(rng, masks[0, k]) for k in range(len(obj_ids))]
-            return Clip(frames, masks, obj_ids, prompts)
-        raise ValueError(f"no clip of {self.clip_len} annotated frames with a visible object in {self.root}")
+            return Clip(frames, masks, obj_ids, prompts, annotated)
+        raise ValueError(f"no clip of {self.clip_len} frames (the first and one more annotated) with a visible object in {self.root}")
 
     def _prompt(self, rng: np.random.Generator, mask: np.ndarray) -> ClipPrompt:
         kind = ["mask", "box", "points"][rng.choice(3, p=self.prompt_probs)]

@@ -1,16 +1,21 @@
-"""``tinysam2 train``: train or fine-tune a preset on DAVIS-layout videos.
+"""``tinysam2 train``: train or fine-tune a preset on videos (DAVIS, YouTube-VOS, MOSE, SA-V).
 
-Each iteration samples a clip, unrolls the tracker over it with the memory settings
-of the preset (or the overrides), and takes an AdamW step on SAM 2's losses.
-Resumable: ``<out>/last.pt`` holds model, optimizer and iteration; the sampling
-is derived from (seed, iteration), so a resumed run continues the same sequence.
+Each iteration draws ``batch_clips`` clips, unrolls the tracker over each with the memory
+settings of the preset (or the overrides) and takes one AdamW step on SAM 2's losses,
+averaged over the clips. Under torchrun the clips of an iteration are split over the
+processes and DistributedDataParallel averages the gradients, so N processes take the
+steps one process takes with the same global batch; process 0 logs, validates and saves.
+Resumable with any number of processes from ``<out>/last.safetensors`` + ``last.json``
+(state.py): the clips are derived from (seed, iteration, clip), loader.py.
 """
 from __future__ import annotations
 
 import csv
+import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -18,87 +23,25 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..checkpoint import PRESET_METADATA_KEY, load_checkpoint
+from ..checkpoint import PRESET_METADATA_KEY
 from ..memory.config import MemoryConfig
 from ..modeling.build import build_model
 from ..modeling.presets import get_preset
+from .config import TrainConfig
 from .data import ClipSampler
+from .distributed import World, all_sum, join, leave, wrap
+from .init_weights import init_from_checkpoint
+from .loader import RankClips, clip_loader
 from .losses import LossWeights
+from .state import has_state, load_state, save_state
 from .unroll import unroll_clip
+from .videosets import open_videoset
+
+__all__ = ["TrainConfig", "train", "recalibrate_batchnorm", "teacher_forcing_at", "save_weights"]
 
 LOG_FIELDS = ("iteration", "loss", "focal", "dice", "iou", "object_score", "lr", "seconds", "appearance")
-
-
-@dataclass
-class TrainConfig:
-    data_root: str
-    out_dir: str
-    preset: str = "tiny_norm"
-    init_checkpoint: str | None = None  # fine-tune from these weights
-    iterations: int = 2000
-    # From scratch, 2e-3 kept the model on a plateau where it segments every salient
-    # object and ignores its memory; 5e-4 left it (models/README.md, item 6).
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    warmup: int = 100
-    clip_len: int = 6
-    max_stride: int = 2  # clips take every 1st .. max_stride-th frame (faster apparent motion)
-    max_objects: int = 3
-    # Share of clips placed around an event (occlusion, exit) found in the annotations
-    # (training/data.py); the demo model's failures start at such events (models/README.md).
-    event_clips: float = 0.0
-    # Share of clips with one sudden camera move inside (ClipSampler jump_prob), and its
-    # largest offset as a fraction of the frame size.
-    camera_jumps: float = 0.0
-    max_jump: float = 0.25
-    grad_clip: float = 1.0
-    # SAM 2 weighs focal 20 : dice 1. Trained from scratch on small objects (a few % of the
-    # frame) that mix collapses tracked frames to empty masks, which the focal term favours;
-    # a heavier dice term keeps them (see models/README.md for the measurement).
-    focal_weight: float = 20.0
-    dice_weight: float = 10.0
-    absent_mask_weight: float = 0.0  # train absent objects' masks towards empty (losses.py)
-    # Weight of the label-propagation loss on the image features (losses.py): teaches the
-    # trunk to tell an object from look-alikes by appearance, which mask losses alone
-    # teach only at the rare frames where a look-alike passes (models/README.md, items
-    # 11-12: +0.03-0.06 J&F from scratch). 0 = SAM 2's losses only.
-    appearance_weight: float = 1.0
-    # P(mask), P(box), P(clicks) on the first frame. Masks only: a mask-prompted first
-    # frame writes a clean memory, so all the signal trains tracking. Measured on a
-    # validation set after two 46-min runs (models/README.md, item 7), masks only beat
-    # 0.7,0.15,0.15 with mask prompts (J&F 0.653 vs 0.486) and even with boxes (0.234 vs 0.142).
-    prompt_mix: tuple[float, float, float] = (1.0, 0.0, 0.0)
-    # Scheduled teacher forcing (see training/unroll.py): the probability that a frame's
-    # memory is written from its ground truth starts here and falls linearly to 0 at
-    # ``teacher_forcing_until`` x iterations. 0 = SAM 2's recipe (fine-tuning).
-    teacher_forcing: float = 0.0
-    teacher_forcing_until: float = 0.6
-    seed: int = 0
-    device: str = "cpu"
-    time_budget_min: float | None = None  # stop (and save) after this many minutes
-    save_every: int = 100
-    threads: int | None = None
-    # Keep BatchNorm statistics fixed (a plain affine): batch statistics over the frames of
-    # one clip do not transfer to streaming inference, one frame at a time with running
-    # statistics (measured: training dice 0.36 vs 0.73 in eval mode on the same clips).
-    freeze_bn: bool = True
-    bn_recalibration_clips: int = 64  # clips used to re-estimate BatchNorm statistics at the end
-    # From scratch, fixed BatchNorm with its default statistics (mean 0, var 1) lets the
-    # image signal fade layer by layer (measured in the untrained tiny trunk: feature std
-    # 0.14 after the stem, 0.004 at the last stage, below the neck's biases). Estimating the
-    # statistics from this many clips before the first step normalises every layer.
-    bn_init_clips: int = 16
-    # Fixed statistics stop normalising once the weights move: trained from scratch for
-    # 7000 iterations, the tiny model's image features grew from std 0.11 to 3.3e3,
-    # far above the prompt and mask embeddings (std ~1). Re-estimating the statistics
-    # (from ``bn_init_clips`` clips) every this many iterations keeps the trunk
-    # normalised (std 11 after the same run), but that run scored lower on held-out
-    # videos (J&F 0.128 vs 0.195, see models/README.md), so it is off by default.
-    bn_refresh_every: int = 0
-    # From scratch, bias the memory cross-attention's queries and keys so that RoPE makes
-    # it attend locally from step 1 (RoPEAttention.init_locality_prior); 0 = PyTorch's
-    # default init. Ignored when fine-tuning (--init) or resuming.
-    locality_prior: float = 3.5
+LOSS_KEYS = ("total", "focal", "dice", "iou", "object_score", "appearance")
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _batchnorms(model) -> list[torch.nn.modules.batchnorm._BatchNorm]:
@@ -153,33 +96,85 @@ def save_weights(model, path: Path, dtype: torch.dtype = torch.float16, preset: 
 
 
 def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> Path:
-    """Run training; returns the path of the final weights (``<out>/model.safetensors``)."""
-    for name in ("focal_weight", "dice_weight", "absent_mask_weight", "appearance_weight"):
-        if not getattr(cfg, name) >= 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    """Run training (one process, or this process's share under torchrun); returns the
+    path of the final weights (``<out>/model.safetensors``)."""
+    world = join(cfg.device)
+    try:
+        return _train(cfg, memory_overrides or {}, log if world.main else (lambda *_: None), world)
+    finally:
+        leave(world)
+
+
+def _workers(cfg: TrainConfig, device: torch.device) -> int:
+    return cfg.workers if cfg.workers is not None else (4 if device.type == "cuda" else 0)
+
+
+def _frozen_bn_train_mode(model, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for bn in _batchnorms(model):
+            bn.eval()
+
+
+@torch.no_grad()
+def validation_loss(model, sampler: ClipSampler, memory: MemoryConfig, weights: LossWeights, device,
+                    clips: int, amp: str) -> float:
+    """Mean loss over ``clips`` fixed clips of a held-out set (the same clips every time)."""
+    model.eval()
+    dtype = AMP_DTYPES.get(amp)
+    total = 0.0
+    for k in range(clips):
+        rng = np.random.default_rng([7919, k])
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            total += float(unroll_clip(model, sampler.sample(rng), memory, weights, device, 0.0, rng)["total"])
+    return total / clips
+
+
+def _train(cfg: TrainConfig, memory_overrides: dict, log, world: World) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.batch_clips % world.size:
+        raise ValueError(f"batch_clips ({cfg.batch_clips}) must be a multiple of the number of processes "
+                         f"({world.size})")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = torch.device(cfg.device)
+    device = world.device
     preset = get_preset(cfg.preset)
-    memory = MemoryConfig.from_dict({**preset["memory"], **(memory_overrides or {})})
+    memory = MemoryConfig.from_dict({**preset["memory"], **memory_overrides})
     torch.manual_seed(cfg.seed)
     model = build_model(preset).to(device)
-    if cfg.init_checkpoint:
-        load_checkpoint(model, cfg.init_checkpoint, preset=cfg.preset)
-    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if world.distributed:
+        log(f"{world.size} processes ({'nccl' if device.type == 'cuda' else 'gloo'}), "
+            f"{cfg.batch_clips // world.size} of {cfg.batch_clips} clips per iteration each")
+    if (out / "last.pt").exists() and not has_state(out):
+        raise ValueError(f"{out / 'last.pt'} is a pickled state of an older version, which is not read: "
+                         "train into a new --out (or start again with --init OUT/model.safetensors)")
+    resuming = has_state(out)
+    if cfg.init_checkpoint and not resuming:
+        report = init_from_checkpoint(model, cfg.init_checkpoint, cfg.preset)
+        log(report.summary() + f"; listed in {out / 'init_report.json'}")
+        if report.initialised or report.shape_mismatch:
+            log(f"initialised, not from the checkpoint: {report.initialised_groups()}")
+        if world.main:
+            report.write(out / "init_report.json")
+    if cfg.freeze_image_encoder:
+        for p in model.image_encoder.parameters():
+            p.requires_grad_(False)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    dtype = AMP_DTYPES.get(cfg.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     start = 0
-    state_path = out / "last.pt"
-    if state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        optim.load_state_dict(state["optimizer"])
-        start = int(state["iteration"])
-        log(f"resuming from {state_path} at iteration {start}")
-    sampler = ClipSampler(cfg.data_root, clip_len=cfg.clip_len, max_objects=cfg.max_objects, max_stride=cfg.max_stride,
-                          prompt_probs=cfg.prompt_mix, event_prob=cfg.event_clips,
-                          jump_prob=cfg.camera_jumps, max_jump=cfg.max_jump)
+    if resuming:
+        meta = load_state(out, model, optim)
+        if meta.get("scaler") and cfg.amp == "fp16":
+            scaler.load_state_dict(meta["scaler"])
+        start = int(meta["iteration"])
+        log(f"resuming from {out / 'last.json'} at iteration {start} (saved by {meta.get('world_size', 1)} "
+            f"process(es), continued by {world.size})")
+    sampler = ClipSampler(open_videoset(cfg.data_root, cfg.data_format), clip_len=cfg.clip_len,
+                          max_objects=cfg.max_objects, max_stride=cfg.max_stride, prompt_probs=cfg.prompt_mix,
+                          event_prob=cfg.event_clips, jump_prob=cfg.camera_jumps, max_jump=cfg.max_jump)
     if start == 0 and not cfg.init_checkpoint and cfg.locality_prior > 0:
         for layer in model.memory_attention.layers:
             layer.cross_attn_image.init_locality_prior(cfg.locality_prior)
@@ -187,55 +182,96 @@ def train(cfg: TrainConfig, memory_overrides: dict | None = None, log=print) -> 
     if start == 0 and not cfg.init_checkpoint and cfg.bn_init_clips > 0:
         recalibrate_batchnorm(model, sampler, cfg.bn_init_clips, cfg.seed + 1, device)
         log(f"BatchNorm statistics initialised from {cfg.bn_init_clips} clips")
+    val = None
+    if cfg.val_data and world.main:
+        val = ClipSampler(open_videoset(cfg.val_data, "auto"), clip_len=cfg.clip_len, max_objects=cfg.max_objects,
+                          max_stride=1, prompt_probs=cfg.prompt_mix)
     weights = LossWeights(focal=cfg.focal_weight, dice=cfg.dice_weight, absent_mask=cfg.absent_mask_weight,
                           appearance=cfg.appearance_weight)
+    net = wrap(model, world)
+    per = cfg.batch_clips // world.size
+    loader = iter(clip_loader(sampler, cfg.seed, model.image_size,
+                              RankClips(start, cfg.iterations, cfg.batch_clips, world.rank, world.size),
+                              _workers(cfg, device), pin=device.type == "cuda"))
     log_path = out / "train_log.csv"
     new_log = not log_path.exists() or start == 0
-    with open(log_path, "w" if new_log else "a", newline="") as fh:
-        writer = csv.writer(fh)
-        if new_log:
-            writer.writerow(LOG_FIELDS)
-            (out / "train_config.json").write_text(
-                __import__("json").dumps({"train": asdict(cfg), "memory": memory.to_dict()}, indent=2))
-        t0 = time.time()
-        model.train()
-        freeze_bn = cfg.freeze_bn
-        if freeze_bn:
-            for bn in _batchnorms(model):
-                bn.eval()
-        bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="train")
-        it = start
+    fh = open(log_path, "w" if new_log else "a", newline="") if world.main else None
+    writer = csv.writer(fh) if fh else None
+    if writer and new_log:
+        writer.writerow(LOG_FIELDS)
+        (out / "train_config.json").write_text(json.dumps(
+            {"train": asdict(cfg), "memory": memory.to_dict(), "world_size": world.size}, indent=2))
+    t0 = time.time()
+    _frozen_bn_train_mode(model, cfg.freeze_bn)
+    bar = tqdm(range(start, cfg.iterations), initial=start, total=cfg.iterations, desc="train",
+               disable=not world.main)
+    it = start - 1
+    try:
         for it in bar:
-            rng = np.random.default_rng([cfg.seed, it])
-            clip = sampler.sample(rng)
             lr = _lr_at(cfg, it)
             for group in optim.param_groups:
                 group["lr"] = lr
-            losses = unroll_clip(model, clip, memory, weights, device, teacher_forcing_at(cfg, it), rng)
             optim.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optim.step()
-            if freeze_bn and cfg.bn_refresh_every > 0 and (it + 1) % cfg.bn_refresh_every == 0:
+            sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64)
+            for j in range(per):
+                key, clip, rng = next(loader)
+                assert key[0] == it, f"loader out of step: clip {key} at iteration {it}"
+                last = j == per - 1
+                with (net.no_sync() if world.distributed and not last else nullcontext()):
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                        losses = net(clip, memory, weights, device, teacher_forcing_at(cfg, it), rng)
+                    scaler.scale(losses["total"] / per).backward()
+                sums += torch.tensor([float(losses[k].detach()) if k in losses else 0.0 for k in LOSS_KEYS],
+                                     dtype=torch.float64)
+            scaler.unscale_(optim)
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            scaler.step(optim)
+            scaler.update()
+            if cfg.freeze_bn and cfg.bn_refresh_every > 0 and (it + 1) % cfg.bn_refresh_every == 0:
                 recalibrate_batchnorm(model, sampler, cfg.bn_init_clips, cfg.seed + it + 1, device)
-            vals = {k: float(v.detach()) for k, v in losses.items()}
-            writer.writerow([it + 1, f"{vals['total']:.5f}", f"{vals['focal']:.5f}", f"{vals['dice']:.5f}",
-                             f"{vals['iou']:.5f}", f"{vals['object_score']:.5f}", f"{lr:.6f}",
-                             f"{time.time() - t0:.1f}", f"{vals.get('appearance', 0.0):.5f}"])
-            bar.set_postfix(loss=f"{vals['total']:.3f}", dice=f"{vals['dice']:.3f}")
+                _frozen_bn_train_mode(model, True)
+            vals = dict(zip(LOSS_KEYS, (all_sum(world, sums) / cfg.batch_clips).tolist()))
             done = it + 1
             over_time = cfg.time_budget_min is not None and time.time() - t0 > cfg.time_budget_min * 60
-            if done % cfg.save_every == 0 or done == cfg.iterations or over_time:
+            stop = cfg.stop_at is not None and done >= cfg.stop_at
+            if cfg.time_budget_min is not None and world.distributed:  # process 0's clock decides for all
+                over_time = bool(all_sum(world, torch.tensor([float(over_time and world.main)]))[0] > 0)
+            if not world.main:
+                if over_time or stop:
+                    break
+                continue
+            writer.writerow([done, f"{vals['total']:.5f}", f"{vals['focal']:.5f}", f"{vals['dice']:.5f}",
+                             f"{vals['iou']:.5f}", f"{vals['object_score']:.5f}", f"{lr:.6f}",
+                             f"{time.time() - t0:.1f}", f"{vals['appearance']:.5f}"])
+            bar.set_postfix(loss=f"{vals['total']:.3f}", dice=f"{vals['dice']:.3f}")
+            end = done == cfg.iterations or over_time or stop
+            if done % cfg.save_every == 0 or end:
                 fh.flush()
-                torch.save({"model": model.state_dict(), "optimizer": optim.state_dict(), "iteration": done},
-                           state_path)
+                save_state(out, model, optim, done, {"world_size": world.size, "scaler": scaler.state_dict(),
+                                                     "preset": cfg.preset})
+            if val is not None and ((cfg.val_every and done % cfg.val_every == 0) or end):
+                loss = validation_loss(model, val, memory, weights, device, cfg.val_clips, cfg.amp)
+                _frozen_bn_train_mode(model, cfg.freeze_bn)
+                new_val = not (out / "val_log.csv").exists()
+                with open(out / "val_log.csv", "a", newline="") as vh:
+                    if new_val:
+                        vh.write("iteration,val_loss\n")
+                    vh.write(f"{done},{loss:.5f}\n")
+                log(f"iteration {done}: validation loss {loss:.4f} over {cfg.val_clips} clips of {cfg.val_data}")
             if over_time:
                 log(f"time budget of {cfg.time_budget_min} min reached at iteration {done}")
+            if over_time or stop:
                 break
-    if not freeze_bn:
-        recalibrate_batchnorm(model, sampler, cfg.bn_recalibration_clips, cfg.seed, device)
-    model.eval()
+    finally:
+        if fh:
+            fh.close()
     final = out / "model.safetensors"
-    save_weights(model, final, preset=cfg.preset)
-    log(f"saved {final} ({final.stat().st_size / 1e6:.2f} MB) after {it + 1} iterations")
+    if world.main:
+        if not cfg.freeze_bn:
+            recalibrate_batchnorm(model, sampler, cfg.bn_recalibration_clips, cfg.seed, device)
+        model.eval()
+        save_weights(model, final, preset=cfg.preset)
+        log(f"saved {final} ({final.stat().st_size / 1e6:.2f} MB) after {it + 1} iterations")
+    if world.distributed:
+        torch.distributed.barrier()
     return final

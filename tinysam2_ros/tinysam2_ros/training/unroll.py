@@ -62,14 +62,19 @@ def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: Los
     rng = rng if rng is not None else np.random.default_rng()
     t_len, h, w = clip.frames.shape[:3]
     size, low = model.image_size, model.low_res_size
-    images = torch.cat([preprocess_rgb(f, size) for f in clip.frames]).to(device)
+    if clip.images is not None:  # made by a DataLoader worker (pinned: the copy overlaps)
+        images = clip.images.to(device, non_blocking=True)
+    else:
+        images = torch.cat([preprocess_rgb(f, size) for f in clip.frames]).to(device)
     feats = model.encode_image(images)
+    # sparse annotations (YouTube-VOS): unannotated frames are tracked but carry no loss
+    annotated = np.ones(t_len, bool) if clip.annotated is None else np.asarray(clip.annotated, bool)
     targets = torch.from_numpy(clip.masks.astype(np.float32)).to(device)  # T x O x H x W
     targets_low = (F.interpolate(targets, size=(low, low), mode="area") > 0.5).float()
 
     def written(t: int, pix: torch.Tensor, hr: list[torch.Tensor], predicted: HeadOutput) -> HeadOutput:
         """What frame ``t`` writes to memory: its prediction, or (teacher forcing) its truth."""
-        if teacher_forcing <= 0.0 or rng.random() >= teacher_forcing:
+        if teacher_forcing <= 0.0 or not annotated[t] or rng.random() >= teacher_forcing:
             return predicted
         return model.mask_as_output(pix, hr, preprocess_mask(targets[t], size))
 
@@ -141,7 +146,9 @@ def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: Los
         if order != list(range(n_obj)):
             back = torch.tensor(sorted(range(n_obj), key=order.__getitem__), device=device)
             o = HeadOutput(*[getattr(o, f)[back] for f in HeadOutput.__dataclass_fields__])
-        losses.append(frame_loss(o.low_res_multimasks, o.ious, o.object_score_logits, targets_low[t][:, None], weights))
+        if annotated[t]:
+            losses.append(frame_loss(o.low_res_multimasks, o.ious, o.object_score_logits, targets_low[t][:, None],
+                                     weights))
         for k in range(n_obj):
             logits = o.low_res_masks[k].detach()
             q = frame_quality(float(o.object_score_logits[k, 0].detach()), float(o.best_iou[k].detach()),
@@ -157,7 +164,8 @@ def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: Los
     keys = losses[0].keys()
     result = {k: torch.stack([l[k] for l in losses]).mean() for k in keys}
     if weights.appearance > 0:
-        result["appearance"] = propagation_loss(feats.pix_feat, targets)
+        keep = torch.from_numpy(np.nonzero(annotated)[0]).to(device)
+        result["appearance"] = propagation_loss(feats.pix_feat[keep], targets[keep])
         result["total"] = result["total"] + weights.appearance * result["appearance"]
     return result
 
