@@ -9,7 +9,8 @@ Topics (relative names, remap or namespace them per camera):
   in:  image (sensor_msgs/Image, or image/compressed), prompts (PromptArray: boxes, points
        or masks),
        <image>_mouse_left and overlay_mouse_left (geometry_msgs/Point clicks)
-  out: tracks (TrackArray), masks (mono16 label image, pixel = track id),
+  out: tracks (TrackArray), masks (mono16 label image, pixel = track id; overlaps go to the
+       highest logit, as SAM 2 writes DAVIS results),
        overlay (bgr8), /diagnostics
 Services: ~/add_prompts (AddPrompts), ~/remove_object (RemoveObject), ~/reset (std_srvs/Trigger)
 """
@@ -340,9 +341,9 @@ class TrackerNode(LifecycleNode):
             t.mask = mono_to_image_msg(crop, header)
             out.tracks.append(t)
         self._pub_handles["tracks"].publish(out)
-        masks = {oid: r.mask for oid, r in result.objects.items()}
         if self.get_parameter("publish_masks").value:
-            self._pub_handles["masks"].publish(mono_to_image_msg(label_image(masks, rgb.shape[:2]), header))
+            logits = {oid: r.low_res_logits for oid, r in result.objects.items()}
+            self._pub_handles["masks"].publish(mono_to_image_msg(label_image(logits, rgb.shape[:2]), header))
         overlay = self._pub_handles["overlay"]
         if self.get_parameter("publish_overlay").value and overlay.get_subscription_count() > 0:
             tracks = [(oid, r.label, r.state, r.mask, r.box_xyxy) for oid, r in sorted(result.objects.items())]
