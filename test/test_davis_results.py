@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,3 +67,21 @@ def test_saved_masks_score_as_the_davis_rules_say(synth_set, tmp_path):
         assert mine == pytest.approx(reference[row["sequence"]], abs=1e-9)
     ref_all = np.mean([v for seq in reference.values() for v in seq.values()])
     assert out["overall"]["JF"] == pytest.approx(ref_all, abs=1e-9)
+
+
+def test_evaluating_commands_take_the_demo_model_and_random_weights_only_when_asked(synth_set, tmp_path, capsys):
+    root, names = synth_set
+    one = ["--sequences", names[0], "--max-frames", "3"]
+    assert main(["eval", str(root), "--preset", "tiny", *one]) == 2
+    assert "--random-weights" in capsys.readouterr().err  # no silent random weights
+    assert main(["eval", str(root), "--random-weights", "--checkpoint", "w.pt", *one]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert main(["eval", str(root), "--preset", "tiny", "--random-weights", *one]) == 0
+    assert "WARNING: RANDOM WEIGHTS (tiny)" in capsys.readouterr().out
+    rep, small = tmp_path / "rep", tmp_path / "small"
+    generate_dataset(small, 1, SynthConfig(num_frames=3, size=(64, 64), num_objects=1, seed=1), progress=False)
+    assert main(["memory-report", str(small), "--out", str(rep)]) == 0
+    assert "checkpoint " + str(Path(__file__).resolve().parents[1] / "models" / "demo_tiny_norm.safetensors") \
+        in capsys.readouterr().out
+    assert main(["memory-report", str(small), "--preset", "tiny", "--out", str(rep)]) == 2
+    assert "--random-weights" in capsys.readouterr().err

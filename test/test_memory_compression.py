@@ -103,7 +103,7 @@ def test_eval_command_reports_compression(tmp_path, capsys):
     for i in range(2):
         make_toy_sequence(tmp_path, f"seq{i}", num_frames=6, size=(64, 96), num_objects=2, seed=i)
     out_json = tmp_path / "res.json"
-    args = ["eval", str(tmp_path), "--preset", "tiny", "--json", str(out_json), "--prompt", "box",
+    args = ["eval", str(tmp_path), "--preset", "tiny", "--random-weights", "--json", str(out_json), "--prompt", "box",
             "--write-threshold", "0", "--token-budget", "100"]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -134,7 +134,8 @@ def test_memory_report_table_and_plot(tmp_path, capsys):
                                                           "token_budget": 40, "write_threshold": 0.0}}
     from tinysam2_ros.evaluation.sweep import memory_report
 
-    rows = memory_report(tmp_path, "tiny", None, tmp_path / "rep", settings=settings, log=lambda *_: None)
+    rows = memory_report(tmp_path, "tiny", None, tmp_path / "rep", settings=settings, log=lambda *_: None,
+                         random_weights=True)
     assert [r["setting"] for r in rows] == ["full", "small"]
     assert rows[1]["memory_tokens"] <= 40 < rows[0]["memory_tokens"]
     assert (tmp_path / "rep" / "memory_report.png").stat().st_size > 1000

@@ -23,22 +23,17 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
 
 
 def _memory_overrides(args: argparse.Namespace) -> dict:
-    keys = ("compression", "pool_factor", "token_budget", "similarity", "write_threshold", "num_slots",
-            "max_cond_frames", "keep_recent")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    from .memory.config import MemoryConfig
+    from .settings import cli_overrides
+
+    return cli_overrides(args, MemoryConfig)
 
 
 def _add_memory_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("memory (defaults from the preset)")
-    g.add_argument("--memory", dest="compression", choices=["off", "tinysam2"],
-                   help="'off' = SAM 2's memory, 'tinysam2' = quality-managed, compressed memory")
-    g.add_argument("--pool-factor", type=int, help="average-pooling factor of memory token grids")
-    g.add_argument("--token-budget", type=int, help="spatial memory tokens per object (0 = no limit)")
-    g.add_argument("--similarity", choices=["redundancy", "recency"], help="token selection rule")
-    g.add_argument("--write-threshold", type=float, help="minimum frame quality to enter memory")
-    g.add_argument("--num-slots", type=int, help="non-prompted memory frames per object")
-    g.add_argument("--max-cond-frames", type=int, help="prompted frames kept per object")
-    g.add_argument("--keep-recent", type=int, help="newest frames kept regardless of quality")
+    from .memory.config import MemoryConfig
+    from .settings import add_cli_flags
+
+    add_cli_flags(p, MemoryConfig, "memory (defaults from the preset)")
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:

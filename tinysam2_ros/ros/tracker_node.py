@@ -124,11 +124,14 @@ class TrackerNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _apply_live(self, values: dict[str, Any]) -> None:
-        """Push live-changeable values into the running tracker (validated as a whole)."""
-        from ..memory.config import MemoryConfig
+        """Push live-changeable values into the running tracker (validated as a whole).
+
+        The memory is rebuilt from the preset and every set parameter, not from the
+        tracker's current memory, so a parameter set back to '' / -1 restores the preset."""
+        from ..tracking.tracker import TrackerConfig
 
         tr = self.session.tracker
-        mem = MemoryConfig.from_dict({**tr.memory.to_dict(), **memory_overrides(values)})
+        mem = TrackerConfig.from_preset(self._preset, memory_overrides(values)).memory
         if mem.compression != tr.memory.compression or mem.pool_factor != tr.memory.pool_factor:
             raise ValueError("memory.compression and memory.pool_factor change on configure only")
         tr.config.memory = mem
@@ -161,6 +164,7 @@ class TrackerNode(LifecycleNode):
         except (KeyError, ValueError, CheckpointError, RuntimeError) as exc:  # BackendError is a RuntimeError
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
+        self._preset = preset  # live memory changes start again from it
         self.session = TrackingSession(tracker, max_objects=v["max_objects"])
         self._pub_handles = {
             "tracks": self.create_lifecycle_publisher(TrackArray, "tracks", RELIABLE),
