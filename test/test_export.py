@@ -384,10 +384,10 @@ def test_eval_gives_the_same_jf_with_onnxruntime_and_torch(tmp_path):
     import torch as _torch
 
     from tinysam2_ros.evaluation.run_eval import run_eval
-    from tinysam2_ros.evaluation.toydata import make_toy_sequence
+    from tinysam2_ros.evaluation.synth import SynthConfig, generate_sequence
     from tinysam2_ros.modeling.build import build_model as _build
 
-    make_toy_sequence(tmp_path / "data", "seq0", num_frames=6, size=(64, 96), num_objects=2, seed=1)
+    generate_sequence(tmp_path / "data", "seq0", SynthConfig(num_frames=6, size=(64, 96), num_objects=2, seed=1))
     _torch.manual_seed(0)
     model = _build("tiny")
     with _torch.no_grad():

@@ -63,8 +63,8 @@ def test_eval_failures_option(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "s"), "--preset", "tiny", "--random-weights", "--failures"]) == 0
     out = capsys.readouterr().out
     assert "what the mask covers" in out and "on an occluder" in out
-    from tinysam2_ros.evaluation.toydata import make_toy_sequence
+    from tinysam2_ros.evaluation.synth import generate_sequence
 
-    make_toy_sequence(tmp_path / "toy", "t", num_frames=3, size=(48, 48), num_objects=1, seed=0)
+    generate_sequence(tmp_path / "toy", "t", SynthConfig(num_frames=3, size=(48, 48), num_objects=1))  # no meta.json
     assert main(["eval", str(tmp_path / "toy"), "--preset", "tiny", "--random-weights", "--failures"]) == 2  # not a synth set
     assert "meta.json not found" in capsys.readouterr().err

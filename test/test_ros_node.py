@@ -496,9 +496,9 @@ def test_tinysam2_track_runs_the_node_on_a_video(tmp_path):
     import subprocess
     import sys
 
-    from tinysam2_ros.evaluation.toydata import make_toy_sequence
+    from tinysam2_ros.evaluation.synth import SynthConfig, generate_sequence
 
-    make_toy_sequence(tmp_path, "seq", num_frames=5, size=(64, 96))
+    generate_sequence(tmp_path, "seq", SynthConfig(num_frames=5, size=(64, 96)))
     proc = subprocess.run(
         [sys.executable, "-m", "tinysam2_ros.cli", "track", "--video", str(tmp_path / "JPEGImages" / "seq"),
          "--preset", "tiny", "--rate", "20", "--namespace", "cam1"],

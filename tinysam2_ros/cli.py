@@ -384,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .backends.benchmark import add_benchmark_parser
     from .evaluation.sweep import add_memory_report_parser
+    from .evaluation.camera_jump import add_camera_jump_parser
+    from .evaluation.probe import add_probe_parser
     from .evaluation.synth_cli import add_synth_parser
 
     add_memory_report_parser(sub)
@@ -391,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_build_engine_parser(sub)
     add_synth_parser(sub)
+    add_camera_jump_parser(sub)
+    add_probe_parser(sub)
     return parser
 
 
