@@ -18,31 +18,38 @@ class Knobs:
     count: int = field(default=3, metadata={"help": "how many", "range": (0, 9), "choices": None, "live": False})
     gain: float = field(default=0.5, metadata={"help": "how much", "range": (0.0, 2.0), "choices": None,
                                                 "live": True, "flag": "--amp"})
+    on: bool = field(default=False, metadata={"help": "switch", "range": None, "choices": None, "live": True})
     hidden: int = 7  # no "help": internal
 
 
 def test_param_specs_are_unset_by_default_and_keep_range_choices_live():
     specs = {s.name: s for s in param_specs(Knobs, "knobs.")}
-    assert list(specs) == ["knobs.mode", "knobs.count", "knobs.gain"]
+    assert list(specs) == ["knobs.mode", "knobs.count", "knobs.gain", "knobs.on"]
     assert specs["knobs.mode"].default == "" and specs["knobs.mode"].choices == ("", "a", "b")
     assert specs["knobs.count"].default == -1 and specs["knobs.count"].range == (-1, 9)
     assert specs["knobs.gain"].default == -1.0 and isinstance(specs["knobs.gain"].default, float)
-    assert [s.live for s in specs.values()] == [True, False, True]
+    assert [s.live for s in specs.values()] == [True, False, True, True]
+    assert specs["knobs.on"].default is False  # a bool parameter cannot be unset: it starts at the field default
     assert specs["knobs.count"].description == "how many (-1 = preset)"
-    values = {"knobs.mode": "", "knobs.count": 0, "knobs.gain": -1.0, "other": 5}
+    values = {"knobs.mode": "", "knobs.count": 0, "knobs.gain": -1.0, "knobs.on": False, "other": 5}
     assert param_overrides(values, Knobs, "knobs.") == {"count": 0}  # 0 is a value, -1 / '' are unset
+    assert param_overrides({"knobs.on": True}, Knobs, "knobs.") == {"on": True}
 
 
 def test_cli_flags_default_to_the_preset_and_check_choices():
     p = argparse.ArgumentParser()
     add_cli_flags(p, Knobs, "knobs")
     assert cli_overrides(p.parse_args([]), Knobs) == {}
-    args = p.parse_args(["--mode", "b", "--count", "4", "--amp", "1.5"])
-    assert cli_overrides(args, Knobs) == {"mode": "b", "count": 4, "gain": 1.5}
+    args = p.parse_args(["--mode", "b", "--count", "4", "--amp", "1.5", "--no-on"])
+    assert cli_overrides(args, Knobs) == {"mode": "b", "count": 4, "gain": 1.5, "on": False}
     with pytest.raises(SystemExit):
         p.parse_args(["--mode", "c"])
     with pytest.raises(SystemExit):
         p.parse_args(["--hidden", "1"])
+    q = argparse.ArgumentParser()  # a second section on the same parser: prefixed flags
+    add_cli_flags(q, Knobs, "knobs", prefix="knobs-")
+    assert cli_overrides(q.parse_args(["--knobs-count", "2", "--knobs-on"]), Knobs, prefix="knobs-") == {
+        "count": 2, "on": True}
 
 
 def test_checks_and_bad_declarations():

@@ -17,7 +17,10 @@ parameter nor a flag. Optional ``"flag"`` renames the CLI flag (``--memory`` for
 
 A generated parameter or flag is *unset* by default, meaning "use the preset's value":
 the ROS parameter holds ``""`` (strings) or ``-1`` (numbers; their range must then
-start at 0 or above), the flag is ``None``. Only set values override the preset.
+start at 0 or above), the flag is ``None``. Only set values override the preset. A
+ROS parameter cannot hold "unset" beside true/false, so a bool parameter starts at
+the field's default and overrides the preset only when set to the other value (its
+CLI flag, ``--x`` / ``--no-x``, overrides both ways).
 """
 from __future__ import annotations
 
@@ -50,17 +53,19 @@ def settings_of(cls) -> list[tuple[dataclasses.Field, type]]:
         if "help" not in f.metadata:
             continue
         kind = hints[f.name]
-        if kind not in (str, int, float):
-            raise TypeError(f"{cls.__name__}.{f.name}: settings are str, int or float, not {kind}")
+        if kind not in (str, int, float, bool):
+            raise TypeError(f"{cls.__name__}.{f.name}: settings are str, int, float or bool, not {kind}")
         rng = f.metadata.get("range")
-        if kind is not str and (rng is None or rng[0] < 0):
+        if kind in (int, float) and (rng is None or rng[0] < 0):
             raise ValueError(f"{cls.__name__}.{f.name}: a numeric setting needs a range starting at >= 0 "
                              f"(-1 means 'use the preset')")
         out.append((f, kind))
     return out
 
 
-def _unset(kind: type) -> Any:
+def _unset(f: dataclasses.Field, kind: type) -> Any:
+    if kind is bool:
+        return f.default
     return UNSET_TEXT if kind is str else kind(UNSET_NUMBER)
 
 
@@ -69,7 +74,7 @@ def param_specs(cls, prefix: str) -> tuple[ParamSpec, ...]:
     specs = []
     for f, kind in settings_of(cls):
         md = f.metadata
-        unset = _unset(kind)
+        unset = _unset(f, kind)
         rng = md.get("range")
         choices = md.get("choices")
         specs.append(ParamSpec(
@@ -88,25 +93,35 @@ def param_overrides(values: dict[str, Any], cls, prefix: str) -> dict[str, Any]:
     out = {}
     for f, kind in settings_of(cls):
         name = prefix + f.name
-        if name in values and values[name] != _unset(kind):
+        if name in values and values[name] != _unset(f, kind):
             out[f.name] = kind(values[name])
     return out
 
 
-def add_cli_flags(parser: argparse.ArgumentParser, cls, title: str) -> None:
-    """One flag per setting (``--token-budget``), default None = the preset's value."""
+def _dest(prefix: str, name: str) -> str:
+    return prefix.replace("-", "_") + name
+
+
+def add_cli_flags(parser: argparse.ArgumentParser, cls, title: str, prefix: str = "") -> None:
+    """One flag per setting (``--token-budget``; with ``prefix="routing-"``:
+    ``--routing-dilation``), default None = the preset's value."""
     group = parser.add_argument_group(title)
     for f, kind in settings_of(cls):
         md = f.metadata
-        flag = md.get("flag") or "--" + f.name.replace("_", "-")
+        flag = md.get("flag") or "--" + prefix + f.name.replace("_", "-")
+        dest = _dest(prefix, f.name)
         rng = md.get("range")
         text = md["help"] + ("" if rng is None else f" ({rng[0]}..{rng[1]})")
-        group.add_argument(flag, dest=f.name, type=kind, choices=md.get("choices"), default=None, help=text)
+        if kind is bool:
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            group.add_argument(flag, dest=dest, type=kind, choices=md.get("choices"), default=None, help=text)
 
 
-def cli_overrides(args: argparse.Namespace, cls) -> dict[str, Any]:
+def cli_overrides(args: argparse.Namespace, cls, prefix: str = "") -> dict[str, Any]:
     """Settings of ``cls`` given on the command line (flags left out are not included)."""
-    return {f.name: getattr(args, f.name) for f, _ in settings_of(cls) if getattr(args, f.name, None) is not None}
+    given = {f.name: getattr(args, _dest(prefix, f.name), None) for f, _ in settings_of(cls)}
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def check_fields(obj) -> list[str]:
