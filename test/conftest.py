@@ -41,3 +41,8 @@ def edgetam_reference_outputs(edgetam_fixture_dir):
 
     with np.load(edgetam_fixture_dir / "reference_outputs.npz") as data:
         return {k: data[k] for k in data.files}
+
+
+def pytest_configure(config):
+    # `pytest -m "not slow"` is the quick developer run; the default command runs everything
+    config.addinivalue_line("markers", "slow: takes a minute or more (training runs); deselect with -m 'not slow'")

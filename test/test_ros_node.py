@@ -508,6 +508,7 @@ def test_tinysam2_track_runs_the_node_on_a_video(tmp_path):
     assert "active: listening on /cam1/image" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow  # 30-160 s on a 2-core CPU (--durations)
 def test_node_runs_the_onnxruntime_backend_and_refuses_a_missing_tensorrt(ros, checkpoint, tmp_path):
     from tinysam2_ros.backends.onnx_export import export_stages
     from tinysam2_ros.checkpoint import load_checkpoint

@@ -250,8 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="run the tracker over DAVIS-layout videos: J&F, memory tokens and bytes, ms per stage",
         description="Prompt each object on its first annotated frame (mask, box from the mask, or a point inside it), "
-        "track to the end and print per sequence and overall: J&F (DAVIS definitions), spatial memory tokens per "
-        "object per frame and as a % of SAM 2.1's 7x4096, memory bytes per object, and ms per frame per stage.",
+        "track to the end and print per sequence and overall: J&F (DAVIS 2017 semi-supervised rules, scored on one "
+        "id per pixel: where objects' masks overlap the highest logit wins, as SAM 2 writes DAVIS results), spatial "
+        "memory tokens per object per frame and as a % of SAM 2.1's 7x4096, memory bytes per object, pixels where "
+        "masks overlapped, and ms per frame per stage. Weights: the demo model unless --checkpoint or "
+        "--random-weights.",
     )
     p.add_argument("data_root", help="directory with JPEGImages/<seq>/*.jpg and Annotations/<seq>/*.png")
     add_weights_args(p)

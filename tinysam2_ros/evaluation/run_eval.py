@@ -195,6 +195,7 @@ def _print_table(out: dict, log) -> None:
     for r in out["sequences"]:
         log(fmt(r["sequence"], r["frames"], r))
     log(fmt("overall", sum(r["frames"] for r in out["sequences"]), out["overall"]))
+    log(f"pixels claimed by two or more objects' masks, given to the highest logit: {out['overall']['overlap_pixels']}")
 
 
 def write_json(out: dict, path: str | Path) -> None:
