@@ -81,7 +81,8 @@ def yaml_text() -> str:
     """``config/tracker.yaml`` as it should read (the test keeps the file in sync)."""
     lines = [
         "# Parameters of tracker_node (defaults; ranges and checks in tinysam2_ros/ros/params.py).",
-        "# '' and -1 under memory.* mean: use the preset's value. [configure] = set before configure.",
+        "# '' and -1 under memory.* (generated from tinysam2_ros/memory/config.py) mean: use the preset's value.",
+        "# [configure] = set before configure.",
         "/**:",
         "  ros__parameters:",
     ]
