@@ -78,7 +78,8 @@ def evaluate_sequence_with_tracker(
             observe(seq, i, result)
         for k in STAGES:
             stage_sum[k] += result.stage_ms[k]
-        ids = resolve_overlaps({oid: r.low_res_logits for oid, r in result.objects.items()}, rgb.shape[:2])
+        # an object with an empty mask has no logit > 0 and so wins no pixel
+        ids = resolve_overlaps({oid: r.low_res_logits for oid, r in result.objects.items() if r.area}, rgb.shape[:2])
         overlaps += overlap_pixels({oid: r.mask for oid, r in result.objects.items()})
         id_maps.append(ids)
         if save_dir is not None:

@@ -346,7 +346,7 @@ class TrackerNode(LifecycleNode):
             out.tracks.append(t)
         self._pub_handles["tracks"].publish(out)
         if self.get_parameter("publish_masks").value:
-            logits = {oid: r.low_res_logits for oid, r in result.objects.items()}
+            logits = {oid: r.low_res_logits for oid, r in result.objects.items() if r.area}  # empty: wins nothing
             self._pub_handles["masks"].publish(mono_to_image_msg(label_image(logits, rgb.shape[:2]), header))
         overlay = self._pub_handles["overlay"]
         if self.get_parameter("publish_overlay").value and overlay.get_subscription_count() > 0:
