@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from .evaluation.davis import PROMPT_KINDS
-from .weights import DEMO_MODEL, DEMO_PRESET, add_weights_args, choose_weights, package_file  # noqa: F401
+from .weights import add_weights_args, choose_weights, package_file
 
 
 def _cmd_fidelity(args: argparse.Namespace) -> int:
