@@ -66,5 +66,6 @@ def test_eval_failures_option(tmp_path, capsys):
     from tinysam2_ros.evaluation.synth import generate_sequence
 
     generate_sequence(tmp_path / "toy", "t", SynthConfig(num_frames=3, size=(48, 48), num_objects=1))  # no meta.json
-    assert main(["eval", str(tmp_path / "toy"), "--preset", "tiny", "--random-weights", "--failures"]) == 2  # not a synth set
+    not_synth = ["eval", str(tmp_path / "toy"), "--preset", "tiny", "--random-weights", "--failures"]
+    assert main(not_synth) == 2  # not a synth set
     assert "meta.json not found" in capsys.readouterr().err

@@ -67,5 +67,6 @@ def test_eval_oracle_quality_option(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--preset", "tiny", "--random-weights", "--oracle-quality"]) == 0
     out = capsys.readouterr().out
     assert "memory written by the ground truth:" in out and "of 3 tracked object-frames" in out
-    assert main(["eval", str(tmp_path), "--preset", "tiny", "--random-weights", "--oracle-quality", "--memory", "off"]) == 2
+    off = ["eval", str(tmp_path), "--preset", "tiny", "--random-weights", "--oracle-quality", "--memory", "off"]
+    assert main(off) == 2
     assert "a quality oracle needs the tinysam2 memory" in capsys.readouterr().err

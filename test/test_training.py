@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
@@ -21,10 +22,10 @@ from tinysam2_ros.training.unroll import unroll_clip
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
+    easy = SynthConfig(num_frames=10, size=(96, 96), num_objects=2, difficulty=0.0)  # clean, slow, unoccluded
     for i in range(3):
-        generate_sequence(root, f"train{i}", SynthConfig(num_frames=10, size=(96, 96), num_objects=2, difficulty=0.0, seed=i))
-    generate_sequence(root / "heldout", "val0", SynthConfig(num_frames=10, size=(96, 96), num_objects=2, difficulty=0.0,
-                                                              seed=100))
+        generate_sequence(root, f"train{i}", dataclasses.replace(easy, seed=i))
+    generate_sequence(root / "heldout", "val0", dataclasses.replace(easy, seed=100))
     return root
 
 
