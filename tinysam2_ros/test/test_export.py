@@ -209,6 +209,7 @@ def test_tracker_with_ort_backend_matches_torch(tiny_model, tiny_export):
 
 
 # ------------------------------------------------------------------------------- edgetam
+@pytest.mark.slow  # 30-160 s on a 2-core CPU (--durations)
 def test_edgetam_export_with_fixture_weights(edgetam_export):
     model, out = edgetam_export
     m = load_manifest(out)
@@ -228,6 +229,7 @@ def test_edgetam_export_with_fixture_weights(edgetam_export):
         assert complex_tensors(out / f"{name}.onnx") == []
 
 
+@pytest.mark.slow  # 30-160 s on a 2-core CPU (--durations)
 def test_edgetam_parity_two_sizes(edgetam_export):
     model, out = edgetam_export
     _assert_parity(_parity(model, out, [{"B": 1, "N": 1, "K": 512}, {"B": 3, "N": 5, "K": 3 * 512 + 12}]))
@@ -362,6 +364,7 @@ def _cli(argv):
     return args.func(args)
 
 
+@pytest.mark.slow  # 30-160 s on a 2-core CPU (--durations)
 def test_cli_export_table_and_failing_op_check(tmp_path, capsys, monkeypatch):
     assert _cli(["export", "--preset", "tiny", "--out", str(tmp_path / "a"), "--max-objects", "4"]) == 0
     text = capsys.readouterr().out
@@ -379,15 +382,16 @@ def test_cli_export_table_and_failing_op_check(tmp_path, capsys, monkeypatch):
     assert _cli(["export", "--preset", "nope", "--out", str(tmp_path / "d")]) == 2
 
 
+@pytest.mark.slow  # 30-160 s on a 2-core CPU (--durations)
 def test_eval_gives_the_same_jf_with_onnxruntime_and_torch(tmp_path):
     """`tinysam2 eval --backend onnxruntime` vs `--backend torch` on the same data and weights."""
     import torch as _torch
 
     from tinysam2_ros.evaluation.run_eval import run_eval
-    from tinysam2_ros.evaluation.toydata import make_toy_sequence
+    from tinysam2_ros.evaluation.synth import SynthConfig, generate_sequence
     from tinysam2_ros.modeling.build import build_model as _build
 
-    make_toy_sequence(tmp_path / "data", "seq0", num_frames=6, size=(64, 96), num_objects=2, seed=1)
+    generate_sequence(tmp_path / "data", "seq0", SynthConfig(num_frames=6, size=(64, 96), num_objects=2, seed=1))
     _torch.manual_seed(0)
     model = _build("tiny")
     with _torch.no_grad():
@@ -401,6 +405,7 @@ def test_eval_gives_the_same_jf_with_onnxruntime_and_torch(tmp_path):
     assert a["memory_tokens"] == b["memory_tokens"]
 
 
+@pytest.mark.slow  # 30-160 s on a 2-core CPU (--durations)
 def test_tiny_norm_exports_with_parity(tmp_path):
     """The channel normalisation of ``tiny_norm`` survives export (and passes the TensorRT
     operator check inside ``export_stages``)."""

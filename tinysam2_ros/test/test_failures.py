@@ -40,7 +40,7 @@ def test_census_over_a_tracker_run(tmp_path):
     generate_dataset(root, 2, SynthConfig(num_frames=4, size=(64, 64), num_objects=(1, 2), difficulty=0.8),
                      seed0=7, progress=False)
     census = FailureCensus(root)
-    out = run_eval(root, preset="tiny", observe=census.observe, log=lambda *_: None)
+    out = run_eval(root, preset="tiny", observe=census.observe, log=lambda *_: None, random_weights=True)
     objects = sum(len(r["objects"]) for r in out["sequences"])
     assert objects >= 2 and sum(census.counts.values()) == 4 * objects  # every object-frame labelled once
     assert all(len(line) == 4 for line in census.timelines.values())
@@ -60,11 +60,12 @@ def test_eval_failures_option(tmp_path, capsys):
     from tinysam2_ros.cli import main
 
     generate_dataset(tmp_path / "s", 1, SynthConfig(num_frames=3, size=(48, 48), num_objects=1), progress=False)
-    assert main(["eval", str(tmp_path / "s"), "--preset", "tiny", "--failures"]) == 0
+    assert main(["eval", str(tmp_path / "s"), "--preset", "tiny", "--random-weights", "--failures"]) == 0
     out = capsys.readouterr().out
     assert "what the mask covers" in out and "on an occluder" in out
-    from tinysam2_ros.evaluation.toydata import make_toy_sequence
+    from tinysam2_ros.evaluation.synth import generate_sequence
 
-    make_toy_sequence(tmp_path / "toy", "t", num_frames=3, size=(48, 48), num_objects=1, seed=0)
-    assert main(["eval", str(tmp_path / "toy"), "--preset", "tiny", "--failures"]) == 2  # not a synth set
+    generate_sequence(tmp_path / "toy", "t", SynthConfig(num_frames=3, size=(48, 48), num_objects=1))  # no meta.json
+    not_synth = ["eval", str(tmp_path / "toy"), "--preset", "tiny", "--random-weights", "--failures"]
+    assert main(not_synth) == 2  # not a synth set
     assert "meta.json not found" in capsys.readouterr().err

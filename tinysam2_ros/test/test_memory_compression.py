@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tinysam2_ros.cli import main
-from tinysam2_ros.evaluation.toydata import make_toy_sequence
+from tinysam2_ros.evaluation.synth import SynthConfig, generate_sequence
 from tinysam2_ros.memory.compression import TokenLayout, pool_tokens, select_tokens, token_scores
 from tinysam2_ros.memory.config import MemoryConfig
 from tinysam2_ros.memory.quality import frame_quality, mask_agreement, select_cond_frames, select_slots
@@ -101,9 +101,9 @@ def test_config_validation_and_presets():
 
 def test_eval_command_reports_compression(tmp_path, capsys):
     for i in range(2):
-        make_toy_sequence(tmp_path, f"seq{i}", num_frames=6, size=(64, 96), num_objects=2, seed=i)
+        generate_sequence(tmp_path, f"seq{i}", SynthConfig(num_frames=6, size=(64, 96), num_objects=2, seed=i))
     out_json = tmp_path / "res.json"
-    args = ["eval", str(tmp_path), "--preset", "tiny", "--json", str(out_json), "--prompt", "box",
+    args = ["eval", str(tmp_path), "--preset", "tiny", "--random-weights", "--json", str(out_json), "--prompt", "box",
             "--write-threshold", "0", "--token-budget", "100"]
     assert main(args) == 0
     printed = capsys.readouterr().out
@@ -129,12 +129,13 @@ def test_eval_command_reports_compression(tmp_path, capsys):
 
 
 def test_memory_report_table_and_plot(tmp_path, capsys):
-    make_toy_sequence(tmp_path, "seq0", num_frames=5, size=(64, 96), num_objects=1, seed=0)
+    generate_sequence(tmp_path, "seq0", SynthConfig(num_frames=5, size=(64, 96), num_objects=1, seed=0))
     settings = {"full": {"compression": "off"}, "small": {"compression": "tinysam2", "pool_factor": 2,
                                                           "token_budget": 40, "write_threshold": 0.0}}
     from tinysam2_ros.evaluation.sweep import memory_report
 
-    rows = memory_report(tmp_path, "tiny", None, tmp_path / "rep", settings=settings, log=lambda *_: None)
+    rows = memory_report(tmp_path, "tiny", None, tmp_path / "rep", settings=settings, log=lambda *_: None,
+                         random_weights=True)
     assert [r["setting"] for r in rows] == ["full", "small"]
     assert rows[1]["memory_tokens"] <= 40 < rows[0]["memory_tokens"]
     assert (tmp_path / "rep" / "memory_report.png").stat().st_size > 1000

@@ -64,8 +64,9 @@ def test_eval_oracle_quality_option(tmp_path, capsys):
     from tinysam2_ros.cli import main
 
     generate_dataset(tmp_path, 1, SynthConfig(num_frames=4, size=(64, 64), num_objects=(1, 1)), progress=False)
-    assert main(["eval", str(tmp_path), "--preset", "tiny", "--oracle-quality"]) == 0
+    assert main(["eval", str(tmp_path), "--preset", "tiny", "--random-weights", "--oracle-quality"]) == 0
     out = capsys.readouterr().out
     assert "memory written by the ground truth:" in out and "of 3 tracked object-frames" in out
-    assert main(["eval", str(tmp_path), "--preset", "tiny", "--oracle-quality", "--memory", "off"]) == 2
+    off = ["eval", str(tmp_path), "--preset", "tiny", "--random-weights", "--oracle-quality", "--memory", "off"]
+    assert main(off) == 2
     assert "a quality oracle needs the tinysam2 memory" in capsys.readouterr().err

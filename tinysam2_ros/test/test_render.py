@@ -5,6 +5,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from tinysam2_ros.ros.render import MASK_ALPHA, crop_mask, draw_overlay, label_image, track_color
 
@@ -36,16 +37,23 @@ def test_track_color_deterministic_and_distinct():
 
 
 # ------------------------------------------------------------------------- label image
-def test_label_image_overlap_higher_id_wins():
-    masks = {3: rect_mask(0, 0, 50, 50), 7: rect_mask(40, 40, 100, 100), 1: rect_mask(45, 45, 48, 48)}
-    lab = label_image(masks, (H, W, 3))
+def logits_of(mask: np.ndarray, inside: float = 4.0) -> torch.Tensor:
+    """Full-resolution logits: ``inside`` on the mask, -4 elsewhere."""
+    return torch.from_numpy(np.where(mask, inside, -4.0).astype(np.float32))[None]
+
+
+def test_label_image_overlap_highest_logit_wins():
+    logits = {3: logits_of(rect_mask(0, 0, 50, 50), 6.0), 7: logits_of(rect_mask(40, 40, 100, 100), 2.0),
+              1: logits_of(rect_mask(45, 45, 48, 48), 9.0)}
+    lab = label_image(logits, (H, W, 3))
     assert lab.dtype == np.uint16 and lab.shape == (H, W)
     assert lab[10, 10] == 3
-    assert lab[45, 45] == 7 and lab[42, 42] == 7  # overlap of 3, 7 (and 1): 7 wins
+    assert lab[42, 42] == 3  # overlap of 3 (logit 6) and 7 (logit 2): 3 wins
+    assert lab[46, 46] == 1  # 1 has the highest logit of the three
     assert lab[90, 90] == 7
     assert lab[110, 150] == 0 and lab[0, 100] == 0
-    assert set(np.unique(lab)) == {0, 3, 7}  # id 1 is entirely covered
-    big = label_image({40000: rect_mask(0, 0, 5, 5)}, (H, W))
+    assert set(np.unique(lab)) == {0, 1, 3, 7}
+    big = label_image({40000: logits_of(rect_mask(0, 0, 5, 5))}, (H, W))
     assert big[0, 0] == 40000
 
 
@@ -53,11 +61,9 @@ def test_label_image_empty_and_errors():
     lab = label_image({}, (H, W))
     assert lab.shape == (H, W) and not lab.any()
     with pytest.raises(ValueError):
-        label_image({0: rect_mask(0, 0, 5, 5)}, (H, W))
+        label_image({0: logits_of(rect_mask(0, 0, 5, 5))}, (H, W))
     with pytest.raises(ValueError):
-        label_image({70000: rect_mask(0, 0, 5, 5)}, (H, W))
-    with pytest.raises(ValueError):
-        label_image({1: np.zeros((H, W + 1), bool)}, (H, W))
+        label_image({70000: logits_of(rect_mask(0, 0, 5, 5))}, (H, W))
 
 
 # ------------------------------------------------------------------------- crop

@@ -251,6 +251,27 @@ def test_end_to_end_tracks_masks_overlay_diagnostics(harness):
         assert key in values
 
 
+def test_label_image_gives_overlaps_to_the_highest_logit(harness):
+    """The published label image is what eval scores: one id per pixel by SAM 2's rule."""
+    from tinysam2_ros.tracking.overlap import resolve_overlaps
+
+    h = harness
+    h.publish_frames(2)
+    assert h.wait_for(lambda: h.processed() >= 1)
+    res = h.call(h.add, AddPrompts.Request(prompts=[box_prompt([10, 10, 90, 80]), box_prompt([30, 20, 120, 90])]))
+    assert res.success, res.message
+    stamps = h.publish_frames(3)
+    assert h.wait_for(lambda: any(m.header.stamp == stamps[-1] for m in h.masks))
+    msg = next(m for m in h.masks if m.header.stamp == stamps[-1])
+    ids = np.frombuffer(bytes(msg.data), np.uint16).reshape(H, W)
+    with h.node.session.lock:
+        tr = h.node.session.tracker
+        logits = {oid: o.entry(tr.frame_idx).low_res_logits for oid, o in tr.objects.items()}
+    np.testing.assert_array_equal(ids, resolve_overlaps(logits, (H, W)))
+    tracks = next(m for m in h.tracks if m.header.stamp == stamps[-1]).tracks
+    assert sum(t.area for t in tracks) > np.count_nonzero(ids)  # the two masks did overlap
+
+
 def test_prompt_topic_and_clicks_create_tracks(harness):
     h = harness
     h.publish_frames(2)
@@ -360,6 +381,16 @@ def test_live_parameters(harness):
     r = set_param("memory.write_threshold", "high")
     assert not r.successful and ("type" in r.reason.lower() or "float" in r.reason)
     assert h.node.get_parameter("memory.token_budget").value == 300
+    # back to "unset" restores the preset's value (issue 23: it used to stay at the last one)
+    preset_budget = h.node._preset["memory"]["token_budget"]
+    assert set_param("memory.token_budget", 1).successful and h.node.session.tracker.memory.token_budget == 1
+    assert set_param("memory.token_budget", -1).successful
+    assert h.node.session.tracker.memory.token_budget == preset_budget == 256
+    assert set_param("memory.similarity", "recency").successful
+    assert set_param("memory.similarity", "").successful
+    assert h.node.session.tracker.memory.similarity == "redundancy"
+    # the harness's configure-time override (memory.write_threshold 0.0) survives a live change
+    assert h.node.session.tracker.memory.write_threshold == 0.0
 
 
 def test_bad_checkpoint_fails_configure_cleanly(ros, tmp_path):
@@ -474,9 +505,9 @@ def test_tinysam2_track_runs_the_node_on_a_video(tmp_path):
     import subprocess
     import sys
 
-    from tinysam2_ros.evaluation.toydata import make_toy_sequence
+    from tinysam2_ros.evaluation.synth import SynthConfig, generate_sequence
 
-    make_toy_sequence(tmp_path, "seq", num_frames=5, size=(64, 96))
+    generate_sequence(tmp_path, "seq", SynthConfig(num_frames=5, size=(64, 96)))
     proc = subprocess.run(
         [sys.executable, "-m", "tinysam2_ros.cli", "track", "--video", str(tmp_path / "JPEGImages" / "seq"),
          "--preset", "tiny", "--rate", "20", "--namespace", "cam1"],
@@ -486,6 +517,7 @@ def test_tinysam2_track_runs_the_node_on_a_video(tmp_path):
     assert "active: listening on /cam1/image" in proc.stderr + proc.stdout
 
 
+@pytest.mark.slow  # 30-160 s on a 2-core CPU (--durations)
 def test_node_runs_the_onnxruntime_backend_and_refuses_a_missing_tensorrt(ros, checkpoint, tmp_path):
     from tinysam2_ros.backends.onnx_export import export_stages
     from tinysam2_ros.checkpoint import load_checkpoint

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from tinysam2_ros.checkpoint import state_dict_from_key_listing
-from tinysam2_ros.evaluation.toydata import make_toy_sequence
+from tinysam2_ros.evaluation.synth import SynthConfig, generate_sequence
 from tinysam2_ros.modeling.build import build_model
 from tinysam2_ros.training.config import TrainConfig, add_arguments, from_arguments
 from tinysam2_ros.training.init_weights import init_from_checkpoint
@@ -31,7 +31,7 @@ QUIET = dict(log=lambda *_: None)
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
     for i in range(3):
-        make_toy_sequence(root, f"v{i}", num_frames=6, size=(64, 64), num_objects=2, seed=i)
+        generate_sequence(root, f"v{i}", SynthConfig(num_frames=6, size=(64, 64)), num_objects=2, seed=i)
     return root
 
 

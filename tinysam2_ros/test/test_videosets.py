@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tinysam2_ros.evaluation.davis import write_annotation
-from tinysam2_ros.evaluation.toydata import make_toy_sequence
+from tinysam2_ros.evaluation.synth import SynthConfig, generate_sequence
 from tinysam2_ros.memory.config import MemoryConfig
 from tinysam2_ros.modeling.build import build_model
 from tinysam2_ros.modeling.presets import get_preset
@@ -211,7 +211,7 @@ def test_sav_errors(tmp_path):
 
 
 def test_davis_reader_is_the_default(tmp_path):
-    make_toy_sequence(tmp_path, "s", num_frames=4, size=(32, 32), num_objects=1, seed=0)
+    generate_sequence(tmp_path, "s", SynthConfig(num_frames=4, size=(32, 32)), num_objects=1, seed=0)
     (tmp_path / "meta.json").write_text('{"generator": "tinysam2_ros.evaluation.synth"}')  # `tinysam2 synth`'s
     assert detect_layout(tmp_path) == "davis"
     vs = open_videoset(tmp_path)

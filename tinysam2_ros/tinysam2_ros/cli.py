@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from .evaluation.davis import PROMPT_KINDS
+from .weights import add_weights_args, choose_weights, package_file
 
 
 def _cmd_fidelity(args: argparse.Namespace) -> int:
@@ -22,22 +23,17 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
 
 
 def _memory_overrides(args: argparse.Namespace) -> dict:
-    keys = ("compression", "pool_factor", "token_budget", "similarity", "write_threshold", "num_slots",
-            "max_cond_frames", "keep_recent")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    from .memory.config import MemoryConfig
+    from .settings import cli_overrides
+
+    return cli_overrides(args, MemoryConfig)
 
 
 def _add_memory_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("memory (defaults from the preset)")
-    g.add_argument("--memory", dest="compression", choices=["off", "tinysam2"],
-                   help="'off' = SAM 2's memory, 'tinysam2' = quality-managed, compressed memory")
-    g.add_argument("--pool-factor", type=int, help="average-pooling factor of memory token grids")
-    g.add_argument("--token-budget", type=int, help="spatial memory tokens per object (0 = no limit)")
-    g.add_argument("--similarity", choices=["redundancy", "recency"], help="token selection rule")
-    g.add_argument("--write-threshold", type=float, help="minimum frame quality to enter memory")
-    g.add_argument("--num-slots", type=int, help="non-prompted memory frames per object")
-    g.add_argument("--max-cond-frames", type=int, help="prompted frames kept per object")
-    g.add_argument("--keep-recent", type=int, help="newest frames kept regardless of quality")
+    from .memory.config import MemoryConfig
+    from .settings import add_cli_flags
+
+    add_cli_flags(p, MemoryConfig, "memory (defaults from the preset)")
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
@@ -47,7 +43,6 @@ def _add_backend_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .checkpoint import resolve_preset
     from .evaluation.failures import FAIR_IOU, FailureCensus
     from .evaluation.oracle import GroundTruthQuality
     from .evaluation.run_eval import run_eval, write_json
@@ -58,12 +53,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if oracle:  # ground-truth scores are 0 or 1: any threshold in (0, 1] keeps exactly the right frames
         overrides.setdefault("write_threshold", 0.5)
     try:
-        preset = resolve_preset(args.preset, args.checkpoint, "tinysam2")
+        preset, checkpoint = choose_weights(args)
         out = run_eval(
-            args.data_root, preset=preset, checkpoint=args.checkpoint, memory_overrides=overrides,
+            args.data_root, preset=preset, checkpoint=checkpoint, memory_overrides=overrides,
             prompt=args.prompt, sequences=args.sequences.split(",") if args.sequences else None,
             max_frames=args.max_frames, device=args.device, backend=args.backend, engine_dir=args.engine_dir,
-            observe=census.observe if census else None, quality_oracle=oracle,
+            observe=census.observe if census else None, quality_oracle=oracle, save_masks=args.save_masks,
+            random_weights=args.random_weights,
         )
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"tinysam2 eval: {exc}", file=sys.stderr)
@@ -78,6 +74,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         write_json(out, args.json)
         print(f"wrote {args.json}")
+    if args.save_masks:
+        print(f"wrote DAVIS results (one palette PNG per frame, overlaps resolved as SAM 2) to {args.save_masks}")
     return 0
 
 
@@ -140,25 +138,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-DEMO_MODEL = "models/demo_tiny_norm.safetensors"
-DEMO_PRESET = "tiny_norm"
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The main job: the ROS node on a (generated or given) video, with a report."""
     from pathlib import Path
 
-    from .checkpoint import CheckpointError, resolve_preset
     from .ros.demo import load_davis_sequence, run_demo
 
     out = Path(args.out)
-    checkpoint = args.checkpoint or (_package_file(DEMO_MODEL) if args.preset in (None, DEMO_PRESET) else None)
-    if checkpoint and not Path(checkpoint).is_file():
-        print(f"tinysam2 demo: checkpoint {checkpoint} not found", file=sys.stderr)
-        return 2
     try:
-        preset = resolve_preset(args.preset, checkpoint, DEMO_PRESET)
-    except CheckpointError as exc:
+        preset, checkpoint = choose_weights(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"tinysam2 demo: {exc}", file=sys.stderr)
         return 2
     if args.video:
@@ -214,21 +203,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _package_file(relative: str) -> str:
-    """A shipped file (config/, models/): in a source checkout, else in the ROS package's share dir."""
-    from pathlib import Path
-
-    source = Path(__file__).resolve().parents[1] / relative
-    if source.exists():
-        return str(source)
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        return str(Path(get_package_share_directory("tinysam2_ros")) / relative)
-    except Exception:  # no ament index (plain pip install): the caller reports the missing file
-        return str(source)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinysam2", description="TinySAM 2 video object tracking: model checks, tracking, export and ROS 2 node."
@@ -255,17 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="run the tracker over DAVIS-layout videos: J&F, memory tokens and bytes, ms per stage",
         description="Prompt each object on its first annotated frame (mask, box from the mask, or a point inside it), "
-        "track to the end and print per sequence and overall: J&F (DAVIS definitions), spatial memory tokens per "
-        "object per frame and as a % of SAM 2.1's 7x4096, memory bytes per object, and ms per frame per stage.",
+        "track to the end and print per sequence and overall: J&F (DAVIS 2017 semi-supervised rules, scored on one "
+        "id per pixel: where objects' masks overlap the highest logit wins, as SAM 2 writes DAVIS results), spatial "
+        "memory tokens per object per frame and as a % of SAM 2.1's 7x4096, memory bytes per object, pixels where "
+        "masks overlapped, and ms per frame per stage. Weights: the demo model unless --checkpoint or "
+        "--random-weights.",
     )
     p.add_argument("data_root", help="directory with JPEGImages/<seq>/*.jpg and Annotations/<seq>/*.png")
-    p.add_argument("--preset", help="model preset (default: the one named in the checkpoint, else tinysam2)")
-    p.add_argument("--checkpoint", help="checkpoint (.pt or .safetensors); without one the weights are random")
+    add_weights_args(p)
     p.add_argument("--prompt", choices=PROMPT_KINDS, default="mask", help="prompt from the first annotation")
     p.add_argument("--sequences", help="comma-separated sequence names (default: all)")
     p.add_argument("--max-frames", type=int, help="only the first N frames of each sequence")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--save-masks", metavar="DIR",
+                   help="write DAVIS results: DIR/<sequence>/<frame name>.png, palette PNGs of the id maps that "
+                        "were scored (one id per pixel, overlaps resolved as SAM 2: highest logit wins)")
     p.add_argument("--failures", action="store_true",
                    help="on a `tinysam2 synth` set: label every object-frame by what the mask covers (target, "
                         "occluder, distractor, another target, background) and print timelines and a table")
@@ -277,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_memory_args(p)
     p.set_defaults(func=_cmd_eval)
 
-    default_params = _package_file("config/tracker.yaml")
+    default_params = package_file("config/tracker.yaml")
     p = sub.add_parser(
         "track",
         help="run the ROS 2 tracker node (what track.launch.py starts), optionally with a demo video source",
@@ -323,9 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/overlay.mp4 and print J&F, memory tokens and ms per frame.",
     )
     p.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
-    p.add_argument("--preset", help=f"model preset (default: the one named in the checkpoint, else {DEMO_PRESET}, "
-                   "the demo model's)")
-    p.add_argument("--checkpoint", help=f"weights (default for preset {DEMO_PRESET}: {DEMO_MODEL})")
+    add_weights_args(p)
     p.add_argument("--data", help="DAVIS-layout root to take the sequence from instead of generating one")
     p.add_argument("--sequence", help="sequence name under --data")
     p.add_argument("--video", help="a video file, camera index or image folder (needs --box)")
@@ -346,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .backends.benchmark import add_benchmark_parser
     from .evaluation.sweep import add_memory_report_parser
+    from .evaluation.camera_jump import add_camera_jump_parser
+    from .evaluation.probe import add_probe_parser
     from .evaluation.synth_cli import add_synth_parser
 
     add_memory_report_parser(sub)
@@ -353,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_build_engine_parser(sub)
     add_synth_parser(sub)
+    add_camera_jump_parser(sub)
+    add_probe_parser(sub)
     return parser
 
 

@@ -17,7 +17,6 @@ default); pass another level (``"Full-Resolution"``) or ``""`` for none explicit
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
 import cv2
@@ -206,42 +205,6 @@ def write_annotation(path, ids) -> Path:
     im.putpalette(davis_palette().tobytes())  # turns it into mode "P", indices unchanged
     im.save(path, format="PNG")
     return path
-
-
-def merge_object_masks(
-    masks: Mapping[int, np.ndarray],
-    shape: tuple[int, int] | None = None,
-    scores: Mapping[int, np.ndarray] | None = None,
-) -> np.ndarray:
-    """Combine per-object boolean masks into one uint8 id map.
-
-    Where masks overlap, the object with the highest ``scores`` value (e.g. mask logits)
-    wins when scores are given; otherwise the larger id is drawn last and wins (the
-    SAM 2 ``vos_inference`` convention).
-    """
-    if not masks and shape is None:
-        raise ValueError("no masks and no shape given")
-    if shape is None:
-        shape = np.asarray(next(iter(masks.values()))).shape
-    out = np.zeros(shape, dtype=np.uint8)
-    ids = sorted(int(k) for k in masks)
-    for oid in ids:
-        if not 0 < oid < VOID_ID:
-            raise ValueError(f"object id {oid} is outside 1..254")
-    if scores is None:
-        for oid in ids:
-            out[np.asarray(masks[oid], dtype=bool)] = oid
-        return out
-    if not ids:
-        return out
-    best = np.full(shape, -np.inf, dtype=np.float64)
-    for oid in ids:
-        m = np.asarray(masks[oid], dtype=bool)
-        s = np.asarray(scores[oid], dtype=np.float64)
-        win = m & (s > best)
-        out[win] = oid
-        best[win] = s[win]
-    return out
 
 
 def mask_to_box(mask) -> tuple[float, float, float, float]:

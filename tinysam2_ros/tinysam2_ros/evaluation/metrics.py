@@ -12,7 +12,10 @@ Definitions follow the DAVIS benchmark (Perazzi et al. 2016; Pont-Tuset et al. 2
   radius ``ceil(bound_th * image diagonal)`` pixels (``bound_th`` itself when it is
   >= 1); precision and recall are the matched fractions each way, ``F = 2PR/(P+R)``.
   Both contours empty scores 1, exactly one empty scores 0.
-* Pixels marked void (label 255 in DAVIS annotations) are left out of both measures.
+* Void pixels (label 255 in DAVIS annotations) are left out of both measures only
+  where void masks are passed (``evaluate_sequence`` passes them). The DAVIS 2017
+  toolkit's semi-supervised evaluation passes none, so there void is background, and
+  so it is in ``tinysam2 eval``.
 
 The tolerance disk is the digital disk ``x^2 + y^2 <= r^2`` that DAVIS uses
 (scikit-image ``disk``), built here with numpy. OpenCV's ``MORPH_ELLIPSE`` element of

@@ -3,6 +3,10 @@
 Per sequence and overall: J&F (DAVIS definitions, when annotations exist), spatial
 memory tokens per object per frame (and as a % of SAM 2.1's 7 x 4096), memory
 bytes per object, and milliseconds per frame for each stage.
+
+What is scored is what a DAVIS results folder holds: one id per pixel, overlaps
+resolved as SAM 2 does (``tracking.overlap``); ``save_masks`` writes exactly those
+maps as palette PNGs, so the official toolkit scores the same thing.
 """
 from __future__ import annotations
 
@@ -20,8 +24,10 @@ from ..backends import attach_backend
 from ..checkpoint import load_checkpoint
 from ..modeling.build import build_model
 from ..modeling.presets import SAM21_MEMORY_TOKENS, get_preset
+from ..tracking.overlap import overlap_pixels, resolve_overlaps
 from ..tracking.tracker import STAGES, Tracker, TrackerConfig
-from .davis import PROMPT_KINDS, annotation_paths, first_annotations, list_sequences, load_annotation, load_frames, prompt_kwargs
+from .davis import (PROMPT_KINDS, annotation_paths, first_annotations, list_sequences, load_annotation,
+                    load_frames, prompt_kwargs, write_annotation)
 from .metrics import j_and_f, summarize
 
 @dataclass
@@ -32,6 +38,7 @@ class SequenceReport:
     memory_tokens: float = 0.0  # mean spatial memory tokens per object per memory-conditioned frame
     memory_bytes: int = 0  # largest memory held by one object at the end of the sequence
     stage_ms: dict[str, float] = field(default_factory=dict)  # mean ms per frame
+    overlap_pixels: int = 0  # pixels two objects' own masks both claimed (resolved to one id)
 
     def summary(self) -> dict:
         s = summarize(self.objects.values()) if self.objects else {"J": math.nan, "F": math.nan, "JF": math.nan}
@@ -42,22 +49,25 @@ class SequenceReport:
             "memory_tokens": self.memory_tokens,
             "memory_tokens_pct_sam21": 100.0 * self.memory_tokens / SAM21_MEMORY_TOKENS,
             "memory_bytes": self.memory_bytes,
+            "overlap_pixels": self.overlap_pixels,
             "ms_per_frame": {**self.stage_ms, "total": sum(self.stage_ms.values())},
             "objects": {str(k): v for k, v in self.objects.items()},
         }
 
 
 def evaluate_sequence_with_tracker(
-    tracker: Tracker, root: Path, seq: str, prompt: str = "mask", max_frames: int | None = None, observe=None
+    tracker: Tracker, root: Path, seq: str, prompt: str = "mask", max_frames: int | None = None, observe=None,
+    save_dir: Path | None = None,
 ) -> SequenceReport:
-    """Prompt every object on its first annotated frame, track to the end, score.
-    ``observe(seq, frame, result)``, when given, sees every frame's result."""
+    """Prompt every object on its first annotated frame, track to the end, score the
+    per-pixel id maps. ``observe(seq, frame, result)``, when given, sees every frame's
+    result; ``save_dir`` receives ``<seq>/<frame name>.png`` for every frame."""
     tracker.reset()
     frames = load_frames(root, seq)[:max_frames]
     firsts = first_annotations(root, seq)
     ann = annotation_paths(root, seq)
-    preds: dict[int, dict[int, np.ndarray]] = {oid: {} for oid in firsts}
-    tokens, stage_sum = [], dict.fromkeys(STAGES, 0.0)
+    id_maps: list[np.ndarray] = []
+    tokens, stage_sum, overlaps = [], dict.fromkeys(STAGES, 0.0), 0
     for i, path in enumerate(frames):
         rgb = np.asarray(Image.open(path).convert("RGB"))
         for oid, (f, mask) in firsts.items():
@@ -68,19 +78,24 @@ def evaluate_sequence_with_tracker(
             observe(seq, i, result)
         for k in STAGES:
             stage_sum[k] += result.stage_ms[k]
+        # an object with an empty mask has no logit > 0 and so wins no pixel
+        ids = resolve_overlaps({oid: r.low_res_logits for oid, r in result.objects.items() if r.area}, rgb.shape[:2])
+        overlaps += overlap_pixels({oid: r.mask for oid, r in result.objects.items()})
+        id_maps.append(ids)
+        if save_dir is not None:
+            write_annotation(Path(save_dir) / seq / f"{path.stem}.png", ids)
         for oid, res in result.objects.items():
-            preds[oid][i] = res.mask
             if i > firsts[oid][0]:
                 tokens.append(res.memory_tokens)
-    report = SequenceReport(seq, len(frames))
+    report = SequenceReport(seq, len(frames), overlap_pixels=overlaps)
     gt_frames = {i: load_annotation(p) for i, p in ann.items() if i < len(frames)}
     for oid, (f0, _) in firsts.items():
         scored = sorted(i for i in gt_frames if i >= f0)
         if len(scored) < 2:
             continue
-        empty = np.zeros_like(gt_frames[scored[0]], dtype=bool)
+        # void (255) counts as background, as davis2017-evaluation's semi-supervised mode does
         report.objects[oid] = j_and_f(
-            [preds[oid].get(i, empty) for i in scored], [gt_frames[i] == oid for i in scored],
+            [id_maps[i] == oid for i in scored], [gt_frames[i] == oid for i in scored],
             skip_first=True, skip_last=len(scored) > 2,
         )
     report.memory_tokens = float(np.mean(tokens)) if tokens else 0.0
@@ -104,10 +119,14 @@ def run_eval(
     engine_dir: str | None = None,
     observe=None,
     quality_oracle=None,
+    save_masks: str | Path | None = None,
+    random_weights: bool = False,
 ) -> dict:
     """Evaluate and print a table; returns the same numbers as a dict (for ``--json``).
     ``observe(seq, frame, result)`` sees every frame's result (e.g. the failure census);
-    ``quality_oracle`` (an ``oracle.GroundTruthQuality``) scores frames for the memory."""
+    ``quality_oracle`` (an ``oracle.GroundTruthQuality``) scores frames for the memory;
+    ``save_masks`` is a folder for DAVIS results (``<seq>/<frame>.png``). Without a
+    checkpoint the weights are random, which must be asked for (``random_weights``)."""
     root = Path(root)
     if prompt not in PROMPT_KINDS:
         raise ValueError(f"prompt must be one of {PROMPT_KINDS}")
@@ -119,8 +138,10 @@ def run_eval(
     model = build_model(preset_dict).to(device)
     if checkpoint:
         load_checkpoint(model, checkpoint, preset=preset)
+    elif random_weights:
+        log(f"WARNING: RANDOM WEIGHTS: {preset} is not trained; J&F says nothing about the model")
     else:
-        log(f"warning: no checkpoint given, {preset} runs with random weights (numbers are meaningless for quality)")
+        raise ValueError("no checkpoint given (pass --random-weights to evaluate an untrained model)")
     config = TrackerConfig.from_preset(preset_dict, memory_overrides)
     if quality_oracle is not None and not (config.memory.compressed and 0 < config.memory.write_threshold <= 1):
         raise ValueError("a quality oracle needs the tinysam2 memory with a write threshold in (0, 1] "
@@ -131,7 +152,8 @@ def run_eval(
     for s in tqdm(seqs, desc="eval", leave=False):
         if quality_oracle is not None:
             quality_oracle.start(s)
-        reports.append(evaluate_sequence_with_tracker(tracker, root, s, prompt, max_frames, observe))
+        reports.append(evaluate_sequence_with_tracker(tracker, root, s, prompt, max_frames, observe,
+                                                      Path(save_masks) if save_masks else None))
 
     rows = [r.summary() for r in reports]
     overall = summarize([o for r in reports for o in r.objects.values()]) if any(r.objects for r in reports) else {}
@@ -151,6 +173,7 @@ def run_eval(
             "memory_tokens": tok,
             "memory_tokens_pct_sam21": 100.0 * tok / SAM21_MEMORY_TOKENS,
             "memory_bytes": max(r.memory_bytes for r in reports),
+            "overlap_pixels": sum(r.overlap_pixels for r in reports),
             "ms_per_frame": {**mean_ms, "total": sum(mean_ms.values())},
         },
     }
@@ -173,6 +196,7 @@ def _print_table(out: dict, log) -> None:
     for r in out["sequences"]:
         log(fmt(r["sequence"], r["frames"], r))
     log(fmt("overall", sum(r["frames"] for r in out["sequences"]), out["overall"]))
+    log(f"pixels claimed by two or more objects' masks, given to the highest logit: {out['overall']['overlap_pixels']}")
 
 
 def write_json(out: dict, path: str | Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoint import resolve_preset
 from ..modeling.presets import SAM21_MEMORY_TOKENS, get_preset
 from .davis import PROMPT_KINDS
 from .run_eval import run_eval, write_json
@@ -39,7 +38,7 @@ def full_memory_tokens(preset: dict) -> int:
 
 def memory_report(root: str | Path, preset: str, checkpoint: str | None, out_dir: str | Path,
                   settings: dict[str, dict] | None = None, prompt: str = "mask", max_frames: int | None = None,
-                  log=print) -> list[dict]:
+                  log=print, random_weights: bool = False) -> list[dict]:
     settings = settings or DEFAULT_SETTINGS
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +47,7 @@ def memory_report(root: str | Path, preset: str, checkpoint: str | None, out_dir
     for name, overrides in settings.items():
         log(f"--- {name}: {overrides}")
         res = run_eval(root, preset=preset, checkpoint=checkpoint, memory_overrides=overrides, prompt=prompt,
-                       max_frames=max_frames, log=log)
+                       max_frames=max_frames, log=log, random_weights=random_weights)
         o = res["overall"]
         rows.append({"setting": name, "memory": res["memory"], "JF": o["JF"], "J": o["J"], "F": o["F"],
                      "memory_tokens": o["memory_tokens"], "pct_full": 100 * o["memory_tokens"] / full,
@@ -100,9 +99,12 @@ def _plot(rows: list[dict], path: Path, preset: str) -> None:
 def _cmd_memory_report(a) -> int:
     import sys
 
+    from ..weights import choose_weights
+
     try:
-        preset = resolve_preset(a.preset, a.checkpoint, "tiny")
-        memory_report(a.data_root, preset, a.checkpoint, a.out, prompt=a.prompt, max_frames=a.max_frames)
+        preset, checkpoint = choose_weights(a)
+        memory_report(a.data_root, preset, checkpoint, a.out, prompt=a.prompt, max_frames=a.max_frames,
+                      random_weights=a.random_weights)
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"tinysam2 memory-report: {exc}", file=sys.stderr)
         return 2
@@ -110,6 +112,8 @@ def _cmd_memory_report(a) -> int:
 
 
 def add_memory_report_parser(subparsers):
+    from ..weights import add_weights_args
+
     p = subparsers.add_parser(
         "memory-report",
         help="compare SAM 2's full memory with TinySAM 2 memory settings: J&F vs tokens table and plot",
@@ -118,8 +122,7 @@ def add_memory_report_parser(subparsers):
         "and of SAM 2.1's 7x4096), memory bytes and ms per frame; write memory_report.json and memory_report.png.",
     )
     p.add_argument("data_root", help="DAVIS-layout directory (e.g. a held-out `tinysam2 synth` set)")
-    p.add_argument("--preset", help="model preset (default: the one named in the checkpoint, else tiny)")
-    p.add_argument("--checkpoint", help="weights (default: none = random)")
+    add_weights_args(p)
     p.add_argument("--out", default="out/memory_report", help="output directory (default: out/memory_report)")
     p.add_argument("--prompt", choices=PROMPT_KINDS, default="mask", help="prompt from the first annotation")
     p.add_argument("--max-frames", type=int, help="only the first N frames of each sequence")

@@ -1,8 +1,10 @@
 """Memory settings of the streaming tracker (the ``memory`` section of a preset)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from ..settings import check_fields
 
 SIMILARITY_RULES = ("redundancy", "recency")
 
@@ -11,51 +13,46 @@ SIMILARITY_RULES = ("redundancy", "recency")
 class MemoryConfig:
     """Every knob of the memory; ``compression="off"`` is SAM 2's memory exactly.
 
-    compression: "off" (SAM 2: the last ``num_maskmem - 1`` frames, all tokens) or
-        "tinysam2" (quality-based frame retention + spatial pooling + token selection).
-    num_slots: non-prompted memory frames kept per object (SAM 2: 6).
-    max_cond_frames: prompted frames kept per object; the first prompt and the most
-        recent ones survive (bounded memory under repeated prompts).
-    pool_factor: average-pooling factor of each memory frame's token grid (1 = none).
-    token_budget: spatial memory tokens per object fed to memory attention
-        (0 = no limit); object-pointer tokens are not counted or compressed.
-    similarity: token selection rule, "redundancy" (drop tokens most similar to the
-        tokens at the same place in other memory frames) or "recency" (newest first).
-    write_threshold: minimum frame quality for a tracked frame to enter memory.
-    keep_recent: newest qualifying frames kept regardless of quality ranking.
-    recency_half_life: frames after which a stored frame's retention score halves.
+    Each field describes itself (``settings.py``): the node's ``memory.*`` parameters,
+    the CLI's memory flags and the checks below are generated from these fields.
     """
 
-    compression: str = "off"
-    num_slots: int = 6
-    max_cond_frames: int = 16
-    pool_factor: int = 1
-    token_budget: int = 0
-    similarity: str = "redundancy"
-    write_threshold: float = 0.0
-    keep_recent: int = 1
+    compression: str = field(default="off", metadata={
+        "help": "'off' = SAM 2's memory (the last num_maskmem - 1 frames, all tokens), 'tinysam2' = "
+                "quality-managed frames, pooled and selected tokens",
+        "choices": ("off", "tinysam2"), "range": None, "live": False, "flag": "--memory"})
+    num_slots: int = field(default=6, metadata={
+        "help": "non-prompted memory frames kept per object (SAM 2: 6)",
+        "range": (1, 64), "choices": None, "live": False})
+    max_cond_frames: int = field(default=16, metadata={
+        "help": "prompted frames kept per object; the first prompt and the newest ones survive",
+        "range": (1, 64), "choices": None, "live": True})
+    pool_factor: int = field(default=1, metadata={
+        "help": "average-pooling factor of each memory frame's token grid (1 = none)",
+        "range": (1, 16), "choices": None, "live": False})
+    token_budget: int = field(default=0, metadata={
+        "help": "spatial memory tokens per object fed to memory attention, 0 = no limit (object pointers "
+                "are not counted)",
+        "range": (0, 1_000_000), "choices": None, "live": True})
+    similarity: str = field(default="redundancy", metadata={
+        "help": "token selection rule: 'redundancy' drops tokens most like those at the same place in other "
+                "memory frames, 'recency' keeps the newest",
+        "choices": SIMILARITY_RULES, "range": None, "live": True})
+    write_threshold: float = field(default=0.0, metadata={
+        "help": "minimum frame quality for a tracked frame to enter memory",
+        "range": (0.0, 1.0), "choices": None, "live": True})
+    keep_recent: int = field(default=1, metadata={
+        "help": "newest qualifying frames kept regardless of quality ranking (at most num_slots)",
+        "range": (0, 64), "choices": None, "live": True})
+    # internal (no parameter, no flag): frames after which a stored frame's retention score halves
     recency_half_life: float = 30.0
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        errors = []
-        if self.compression not in ("off", "tinysam2"):
-            errors.append(f"compression must be 'off' or 'tinysam2', got {self.compression!r}")
-        if self.num_slots < 1:
-            errors.append("num_slots must be >= 1")
-        if self.max_cond_frames < 1:
-            errors.append("max_cond_frames must be >= 1")
-        if self.pool_factor < 1:
-            errors.append("pool_factor must be >= 1")
-        if self.token_budget < 0:
-            errors.append("token_budget must be >= 0 (0 = no limit)")
-        if self.similarity not in SIMILARITY_RULES:
-            errors.append(f"similarity must be one of {SIMILARITY_RULES}, got {self.similarity!r}")
-        if not 0.0 <= self.write_threshold <= 1.0:
-            errors.append("write_threshold must be in [0, 1]")
-        if self.keep_recent < 0 or self.keep_recent > self.num_slots:
+        errors = check_fields(self)
+        if self.keep_recent > self.num_slots:
             errors.append("keep_recent must be in [0, num_slots]")
         if self.recency_half_life <= 0:
             errors.append("recency_half_life must be > 0")

@@ -5,9 +5,9 @@ goes out when the node's tracks for the previous one have arrived, so every fram
 tracked and the run is reproducible), prompts the objects of the first annotated
 frame through the node's ``add_prompts`` service (with their masks by default, as in
 DAVIS semi-supervised evaluation; or their tight boxes, or one click inside each),
-rebuilds full masks from the ``tracks`` messages, writes the ``overlay`` images to a
-video, and finally prints J&F (when annotations exist), memory tokens per object and
-milliseconds per frame.
+scores the ``masks`` label images it publishes (one id per pixel, what ``tinysam2 eval``
+scores), writes the ``overlay`` images to a video, and finally prints J&F (when
+annotations exist), memory tokens per object and milliseconds per frame.
 """
 from __future__ import annotations
 
@@ -53,9 +53,11 @@ class DemoDriver(Node):
         self.frames = frames
         self.pub = self.create_publisher(Image, "image", RELIABLE)  # the node is set to reliable: no frame lost
         self.tracks: dict[int, TrackArray] = {}
+        self.labels: dict[int, np.ndarray] = {}  # frame index -> the node's label image
         self.overlays: dict[int, np.ndarray] = {}
         self._stamp_to_idx: dict[tuple[int, int], int] = {}
         self.create_subscription(TrackArray, "tracks", self._on_tracks, RELIABLE)
+        self.create_subscription(Image, "masks", self._on_masks, RELIABLE)
         self.create_subscription(Image, "overlay", self._on_overlay, RELIABLE)
         self.add = self.create_client(AddPrompts, "tracker_node/add_prompts")
 
@@ -66,6 +68,11 @@ class DemoDriver(Node):
         i = self._idx(msg.header)
         if i is not None:
             self.tracks[i] = msg
+
+    def _on_masks(self, msg: Image) -> None:
+        i = self._idx(msg.header)
+        if i is not None:
+            self.labels[i] = _label_ids(msg)
 
     def _on_overlay(self, msg: Image) -> None:
         i = self._idx(msg.header)
@@ -79,14 +86,12 @@ class DemoDriver(Node):
         self.pub.publish(rgb_to_image_msg(self.frames[i], header, encoding="bgr8"))
 
 
-def _full_mask(track, shape) -> np.ndarray:
-    out = np.zeros(shape, dtype=bool)
-    m = track.mask
-    if m.width and m.height:
-        crop = np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.step)[:, : m.width] > 0
-        x, y = track.box.x_offset, track.box.y_offset
-        out[y : y + m.height, x : x + m.width] = crop
-    return out
+def _label_ids(msg: Image) -> np.ndarray:
+    """The node's mono16 label image as an ``H x W`` array of track ids."""
+    if msg.encoding != "mono16":
+        raise ValueError(f"masks: expected a mono16 label image, got {msg.encoding}")
+    dtype = ">u2" if msg.is_bigendian else "<u2"
+    return np.frombuffer(bytes(msg.data), dtype).reshape(msg.height, msg.step // 2)[:, : msg.width].copy()
 
 
 def _wait(executor, predicate, timeout: float) -> bool:
@@ -128,8 +133,8 @@ def run_demo(
         t_start = time.time()
         for i in range(len(frames)):
             driver.publish(i)
-            if not _wait(executor, lambda: i in driver.tracks, timeout=120.0):
-                raise RuntimeError(f"no tracks for frame {i} within 120 s")
+            if not _wait(executor, lambda: i in driver.tracks and i in driver.labels, timeout=120.0):
+                raise RuntimeError(f"no tracks and label image for frame {i} within 120 s")
             if i == 0:
                 req = AddPrompts.Request()
                 for oid, p in sorted(prompts.items()):
@@ -170,14 +175,9 @@ def run_demo(
     tokens = [t.memory_tokens for i, m in driver.tracks.items() if i > 0 for t in m.tracks]
     result.memory_tokens = float(np.mean(tokens)) if tokens else 0.0
     if gt:
-        preds = {oid: [np.zeros((h, w), bool)] * len(frames) for oid in prompts}
-        for i, msg in driver.tracks.items():
-            for t in msg.tracks:
-                if t.id in preds:
-                    preds[t.id][i] = _full_mask(t, (h, w))
         scored = sorted(gt)
         for oid in prompts:
-            result.per_object[oid] = j_and_f([preds[oid][i] for i in scored], [gt[i] == oid for i in scored])
+            result.per_object[oid] = j_and_f([driver.labels[i] == oid for i in scored], [gt[i] == oid for i in scored])
         result.jf = summarize(result.per_object.values())
     path = out_dir / "overlay.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (w, h))

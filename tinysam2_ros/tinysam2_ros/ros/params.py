@@ -2,25 +2,23 @@
 
 ``config/tracker.yaml`` mirrors these defaults. ``validate`` is what the node's
 set-parameters callback uses, so a bad value is refused with a reason instead of
-half-applied; it is plain Python and tested without ROS.
+half-applied; it is plain Python and tested without ROS. Settings sections
+(``memory.*``) are generated from their dataclasses (``settings.py``): register a
+new one in ``SECTIONS``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from ..memory.config import MemoryConfig
+from ..settings import ParamSpec, param_overrides, param_specs
 
-@dataclass(frozen=True)
-class ParamSpec:
-    name: str
-    default: Any
-    description: str
-    live: bool = False  # may change while the node is configured
-    range: tuple[float, float] | None = None  # inclusive
-    choices: tuple[str, ...] | None = None
+# parameter prefix -> settings dataclass; unset ('' / -1) = the preset's value
+SECTIONS: dict[str, type] = {
+    "memory.": MemoryConfig,
+}
 
-
-PARAMS: tuple[ParamSpec, ...] = (
+_NODE_PARAMS: tuple[ParamSpec, ...] = (
     # model and backend (take effect on configure)
     ParamSpec("preset", "tinysam2", "model preset (edgetam, sam2.1_hiera_t/s/b+/l, tinysam2, tiny, tiny_norm)"),
     ParamSpec("checkpoint", "", "checkpoint file (.pt/.safetensors); empty = random weights (testing only)"),
@@ -41,27 +39,14 @@ PARAMS: tuple[ParamSpec, ...] = (
               live=True, range=(0.0, 10.0)),
     ParamSpec("lost_after", 30, "frames absent before an occluded track is reported lost", live=True,
               range=(1, 100000)),
-    # memory (see tinysam2_ros/memory/config.py); "" / -1 = the preset's value
-    ParamSpec("memory.compression", "", "'' = preset, 'off' = SAM 2 memory, 'tinysam2' = compressed",
-              choices=("", "off", "tinysam2")),
-    ParamSpec("memory.pool_factor", -1, "memory token pooling factor (-1 = preset)", range=(-1, 16)),
-    ParamSpec("memory.num_slots", -1, "non-prompted memory frames per object (-1 = preset)", range=(-1, 64)),
-    ParamSpec("memory.token_budget", -1, "spatial memory tokens per object, 0 = no limit (-1 = preset)",
-              live=True, range=(-1, 1_000_000)),
-    ParamSpec("memory.similarity", "", "token selection rule ('' = preset)", live=True,
-              choices=("", "redundancy", "recency")),
-    ParamSpec("memory.write_threshold", -1.0, "minimum frame quality to enter memory (-1 = preset)", live=True,
-              range=(-1.0, 1.0)),
-    ParamSpec("memory.keep_recent", -1, "newest frames kept regardless of quality (-1 = preset)", live=True,
-              range=(-1, 64)),
-    ParamSpec("memory.max_cond_frames", -1, "prompted frames kept per object (-1 = preset)", live=True,
-              range=(-1, 64)),
     # outputs
     ParamSpec("publish_masks", True, "publish the label image on 'masks'", live=True),
     ParamSpec("publish_overlay", True, "publish the annotated image on 'overlay'", live=True),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", range=(0.1, 60.0)),
 )
 
+PARAMS: tuple[ParamSpec, ...] = _NODE_PARAMS + tuple(s for prefix, cls in SECTIONS.items()
+                                                     for s in param_specs(cls, prefix))
 SPECS = {p.name: p for p in PARAMS}
 MEMORY_PREFIX = "memory."
 
@@ -82,20 +67,22 @@ def validate(name: str, value: Any, configured: bool) -> str | None:
     return None
 
 
+def section_overrides(values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Settings of section ``prefix`` set by parameters (the unset '' and -1 left out)."""
+    return param_overrides(values, SECTIONS[prefix], prefix)
+
+
 def memory_overrides(values: dict[str, Any]) -> dict[str, Any]:
-    """Memory settings set by parameters (the unset sentinels '' and -1 left out)."""
-    out = {}
-    for name, value in values.items():
-        if name.startswith(MEMORY_PREFIX) and value not in ("", -1, -1.0):
-            out[name[len(MEMORY_PREFIX):]] = value
-    return out
+    """Memory settings set by parameters (the unset '' and -1 left out)."""
+    return section_overrides(values, MEMORY_PREFIX)
 
 
 def yaml_text() -> str:
     """``config/tracker.yaml`` as it should read (the test keeps the file in sync)."""
     lines = [
         "# Parameters of tracker_node (defaults; ranges and checks in tinysam2_ros/ros/params.py).",
-        "# '' and -1 under memory.* mean: use the preset's value. [configure] = set before configure.",
+        "# '' and -1 under memory.* (generated from tinysam2_ros/memory/config.py) mean: use the preset's value.",
+        "# [configure] = set before configure.",
         "/**:",
         "  ros__parameters:",
     ]

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import cv2
 import numpy as np
 
+from ..tracking.overlap import resolve_overlaps
+
 __all__ = ["track_color", "label_image", "crop_mask", "draw_overlay", "MASK_ALPHA"]
 
 MASK_ALPHA = 0.5
@@ -34,22 +36,18 @@ def track_color(track_id: int) -> tuple[int, int, int]:
     return int(b), int(g), int(r)
 
 
-def label_image(masks: Mapping[int, np.ndarray], shape: Sequence[int]) -> np.ndarray:
-    """``H x W`` uint16 image: pixel = track id, 0 = background.
+def label_image(logits: Mapping, shape: Sequence[int]) -> np.ndarray:
+    """``H x W`` uint16 image the node publishes on ``masks``: pixel = track id, 0 = background.
 
-    Where masks overlap, the track with the higher id wins (masks are painted in ascending id order).
-    Ids must be in 1..65535. ``shape`` may be ``(H, W)`` or an image shape ``(H, W, C)``.
+    ``logits``: each track's low-res mask logits. Where tracks overlap, the highest logit
+    wins, as SAM 2 writes DAVIS results (``tracking.overlap``), so the published image is
+    what ``tinysam2 eval`` scores. Ids must be in 1..65535. ``shape`` may be ``(H, W)`` or
+    an image shape ``(H, W, C)``.
     """
-    h, w = int(shape[0]), int(shape[1])
-    out = np.zeros((h, w), dtype=np.uint16)
-    for tid in sorted(masks):
+    for tid in logits:
         if not 1 <= int(tid) <= 0xFFFF:
             raise ValueError(f"track id {tid} does not fit a uint16 label image (1..65535)")
-        m = np.asarray(masks[tid])
-        if m.shape != (h, w):
-            raise ValueError(f"mask of track {tid} has shape {m.shape}, expected {(h, w)}")
-        out[m.astype(bool, copy=False)] = int(tid)
-    return out
+    return resolve_overlaps(logits, (int(shape[0]), int(shape[1]))).astype(np.uint16)
 
 
 def _clip_box(box, h: int, w: int) -> Box | None:

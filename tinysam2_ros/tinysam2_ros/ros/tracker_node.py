@@ -9,7 +9,8 @@ Topics (relative names, remap or namespace them per camera):
   in:  image (sensor_msgs/Image, or image/compressed), prompts (PromptArray: boxes, points
        or masks),
        <image>_mouse_left and overlay_mouse_left (geometry_msgs/Point clicks)
-  out: tracks (TrackArray), masks (mono16 label image, pixel = track id),
+  out: tracks (TrackArray), masks (mono16 label image, pixel = track id; overlaps go to the
+       highest logit, as SAM 2 writes DAVIS results),
        overlay (bgr8), /diagnostics
 Services: ~/add_prompts (AddPrompts), ~/remove_object (RemoveObject), ~/reset (std_srvs/Trigger)
 """
@@ -123,11 +124,14 @@ class TrackerNode(LifecycleNode):
         return SetParametersResult(successful=True)
 
     def _apply_live(self, values: dict[str, Any]) -> None:
-        """Push live-changeable values into the running tracker (validated as a whole)."""
-        from ..memory.config import MemoryConfig
+        """Push live-changeable values into the running tracker (validated as a whole).
+
+        The memory is rebuilt from the preset and every set parameter, not from the
+        tracker's current memory, so a parameter set back to '' / -1 restores the preset."""
+        from ..tracking.tracker import TrackerConfig
 
         tr = self.session.tracker
-        mem = MemoryConfig.from_dict({**tr.memory.to_dict(), **memory_overrides(values)})
+        mem = TrackerConfig.from_preset(self._preset, memory_overrides(values)).memory
         if mem.compression != tr.memory.compression or mem.pool_factor != tr.memory.pool_factor:
             raise ValueError("memory.compression and memory.pool_factor change on configure only")
         tr.config.memory = mem
@@ -160,6 +164,7 @@ class TrackerNode(LifecycleNode):
         except (KeyError, ValueError, CheckpointError, RuntimeError) as exc:  # BackendError is a RuntimeError
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
+        self._preset = preset  # live memory changes start again from it
         self.session = TrackingSession(tracker, max_objects=v["max_objects"])
         self._pub_handles = {
             "tracks": self.create_lifecycle_publisher(TrackArray, "tracks", RELIABLE),
@@ -340,9 +345,9 @@ class TrackerNode(LifecycleNode):
             t.mask = mono_to_image_msg(crop, header)
             out.tracks.append(t)
         self._pub_handles["tracks"].publish(out)
-        masks = {oid: r.mask for oid, r in result.objects.items()}
         if self.get_parameter("publish_masks").value:
-            self._pub_handles["masks"].publish(mono_to_image_msg(label_image(masks, rgb.shape[:2]), header))
+            logits = {oid: r.low_res_logits for oid, r in result.objects.items() if r.area}  # empty: wins nothing
+            self._pub_handles["masks"].publish(mono_to_image_msg(label_image(logits, rgb.shape[:2]), header))
         overlay = self._pub_handles["overlay"]
         if self.get_parameter("publish_overlay").value and overlay.get_subscription_count() > 0:
             tracks = [(oid, r.label, r.state, r.mask, r.box_xyxy) for oid, r in sorted(result.objects.items())]
