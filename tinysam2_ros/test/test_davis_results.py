@@ -15,6 +15,7 @@ from tinysam2_ros.cli import main
 from tinysam2_ros.evaluation.davis import davis_palette
 from tinysam2_ros.evaluation.synth import SynthConfig, generate_dataset
 from tinysam2_ros.tracking.overlap import overlap_pixels, resolve_overlaps
+from tinysam2_ros.weights import DEMO_MODEL, package_file
 
 
 def test_highest_logit_wins_and_background_where_none_is_positive():
@@ -81,7 +82,7 @@ def test_evaluating_commands_take_the_demo_model_and_random_weights_only_when_as
     rep, small = tmp_path / "rep", tmp_path / "small"
     generate_dataset(small, 1, SynthConfig(num_frames=3, size=(64, 64), num_objects=1, seed=1), progress=False)
     assert main(["memory-report", str(small), "--out", str(rep)]) == 0
-    assert "checkpoint " + str(Path(__file__).resolve().parents[1] / "models" / "demo_tiny_norm.safetensors") \
+    assert "checkpoint " + package_file(DEMO_MODEL) \
         in capsys.readouterr().out
     assert main(["memory-report", str(small), "--preset", "tiny", "--out", str(rep)]) == 2
     assert "--random-weights" in capsys.readouterr().err

@@ -31,7 +31,7 @@ QUIET = dict(log=lambda *_: None)
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
     for i in range(3):
-        generate_sequence(root, f"v{i}", SynthConfig(num_frames=6, size=(64, 64)), num_objects=2, seed=i)
+        generate_sequence(root, f"v{i}", SynthConfig(num_frames=6, size=(64, 64), num_objects=2, seed=i))
     return root
 
 

@@ -211,7 +211,7 @@ def test_sav_errors(tmp_path):
 
 
 def test_davis_reader_is_the_default(tmp_path):
-    generate_sequence(tmp_path, "s", SynthConfig(num_frames=4, size=(32, 32)), num_objects=1, seed=0)
+    generate_sequence(tmp_path, "s", SynthConfig(num_frames=4, size=(32, 32), num_objects=1, seed=0))
     (tmp_path / "meta.json").write_text('{"generator": "tinysam2_ros.evaluation.synth"}')  # `tinysam2 synth`'s
     assert detect_layout(tmp_path) == "davis"
     vs = open_videoset(tmp_path)

@@ -17,10 +17,18 @@ RANDOM_WARNING = "WARNING: RANDOM WEIGHTS ({preset}): the model is untrained, it
 
 
 def package_file(relative: str) -> str:
-    """A shipped file (config/, models/): in a source checkout, else in the ROS package's share dir."""
-    source = Path(__file__).resolve().parents[1] / relative
+    """A shipped file (config/, models/): in the source tree, else in the package's share dir.
+
+    The share dir is found from this file's own install prefix first (a colcon install,
+    sourced or not), then through the ament index.
+    """
+    here = Path(__file__).resolve()
+    source = here.parents[1] / relative
     if source.exists():
         return str(source)
+    prefix_share = here.parents[4] / "share" / "tinysam2_ros" / relative  # <prefix>/lib/pythonX.Y/site-packages/
+    if prefix_share.exists():
+        return str(prefix_share)
     try:
         from ament_index_python.packages import get_package_share_directory
 
