@@ -49,6 +49,9 @@ def test_prompt_between_unstamped_and_stamped_frames_is_refused_not_fatal(harnes
         publish_one(h, stamped=False)
     first = publish_one(h)
     publish_one(h)
+    with h.node.session.lock:
+        window = [f.stamp for f in h.node.session.tracker._frames.values()]
+    assert None in window and window[-1] is not None, window  # both kinds in the feature window
     between = Time(sec=first.sec - 1, nanosec=first.nanosec)
     res = h.call(h.add, AddPrompts.Request(prompts=[box_prompt([20, 30, 50, 60], stamp=between)]))
     assert not res.success and "no frame with stamp" in res.message

@@ -411,12 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .backends.benchmark import add_benchmark_parser
     from .evaluation.sweep import add_memory_report_parser
     from .evaluation.synth_cli import add_synth_parser
+    from .ros.soak import add_soak_parser
 
     add_memory_report_parser(sub)
     add_benchmark_parser(sub)
     add_export_parser(sub)
     add_build_engine_parser(sub)
     add_synth_parser(sub)
+    add_soak_parser(sub)
     return parser
 
 
