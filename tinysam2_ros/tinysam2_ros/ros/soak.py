@@ -111,13 +111,15 @@ def run_soak(frames: int, preset: str, checkpoint: str, size: tuple[int, int], o
     t_start = time.perf_counter()
     try:
         for t in range(frames):
+            if not rclpy.ok():  # SIGINT / SIGTERM
+                break
             msg = rgb_to_image_msg(scene.frame(t), encoding="rgb8")
             msg.header.stamp = driver.get_clock().now().to_msg()
             msg.header.frame_id = "soak"
             waiting[0] = msg.header.stamp
             done.clear()
             pub.publish(msg)
-            if not done.wait(30.0):
+            if not done.wait(30.0) and rclpy.ok():
                 lost += 1
             if t == 0:
                 res = call(add, AddPrompts.Request(prompts=[prompt(k, t) for k in range(objects)]))
