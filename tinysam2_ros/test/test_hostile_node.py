@@ -169,3 +169,15 @@ def test_prompt_flood_is_counted(ros, checkpoint):  # noqa: F811
         assert int(values["prompts_dropped"]) == s["dropped"] and int(values["prompts_received"]) == s["received"]
     finally:
         h.close()
+
+
+def test_soak_prints_memory_rows(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tinysam2_ros.cli", "soak", "--frames", "12", "--every", "6",
+                           "--churn", "5", "--size", "64x96"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["6", "12"] and all(float(r[1]) > 0 for r in rows)
+    assert "RSS" in proc.stdout and "after 12 frames" in proc.stdout

@@ -164,9 +164,11 @@ class TrackerNode(LifecycleNode):
             if v["backend"] != "torch":
                 model.set_backend(make_backend(v["backend"], model, v["engine_dir"] or None, device=v["device"]))
             tracker = Tracker(model, config, device=v["device"])
-        except Exception as exc:  # any reason, logged: the lifecycle would otherwise swallow it silently
-            known = isinstance(exc, (KeyError, ValueError, CheckpointError, RuntimeError))  # BackendError: RuntimeError
-            self.get_logger().error(f"configure failed: {exc}" if known else f"configure failed: {exc!r}")
+        except (KeyError, ValueError, CheckpointError, RuntimeError) as exc:  # BackendError is a RuntimeError
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        except Exception as exc:  # anything else too: the lifecycle would swallow it without a word
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
             return TransitionCallbackReturn.FAILURE
         self.session = TrackingSession(tracker, max_objects=v["max_objects"], **self._limit_settings(v))
         self._pub_handles = {
