@@ -326,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.camera_jump import add_camera_jump_parser
     from .evaluation.probe import add_probe_parser
     from .evaluation.synth_cli import add_synth_parser
+    from .ros.soak import add_soak_parser
 
     add_memory_report_parser(sub)
     add_benchmark_parser(sub)
@@ -334,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_parser(sub)
     add_camera_jump_parser(sub)
     add_probe_parser(sub)
+    add_soak_parser(sub)
     return parser
 
 

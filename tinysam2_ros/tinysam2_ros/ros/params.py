@@ -43,6 +43,16 @@ _NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("publish_masks", True, "publish the label image on 'masks'", live=True),
     ParamSpec("publish_overlay", True, "publish the annotated image on 'overlay'", live=True),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", range=(0.1, 60.0)),
+    # limits on bad or hostile input (docs/robustness.md): a refusal is logged once per cause and counted
+    ParamSpec("max_image_pixels", 16_777_216, "largest image (width x height) processed; compressed images are "
+              "checked from their header before decoding", range=(1, 2_147_483_647)),
+    ParamSpec("max_label_length", 64, "longest prompt label in characters", range=(0, 65536)),
+    ParamSpec("max_points_per_prompt", 64, "most points in one prompt", range=(1, 100000)),
+    ParamSpec("prompt_queue_depth", 100, "prompts on the topic waiting for the worker (also the subscription's "
+              "depth); beyond, new ones are dropped and counted", range=(1, 100000)),
+    ParamSpec("service_queue_depth", 100, "service requests waiting for an answer (QoS depth)", range=(1, 100000)),
+    ParamSpec("service_busy_timeout", 5.0, "seconds a service call waits for the tracker before answering 'busy'",
+              range=(0.01, 600.0)),
 )
 
 PARAMS: tuple[ParamSpec, ...] = _NODE_PARAMS + tuple(s for prefix, cls in SECTIONS.items()

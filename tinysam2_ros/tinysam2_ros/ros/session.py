@@ -17,6 +17,7 @@ import numpy as np
 
 from ..tracking.prompts import PromptError
 from ..tracking.tracker import FrameResult, Tracker, TrackerError
+from .limits import MAX_TRACK_ID, PromptLimits, Refusal, prompt_refusal
 
 ACTION_ADD, ACTION_REFINE, ACTION_REPLACE = 0, 1, 2
 
@@ -41,6 +42,35 @@ class PromptOutcome:
     obj_id: int = 0  # 0 when refused
     found: bool = False
     error: str = ""
+    cause: str = ""  # set when a limit refused it (limits.Refusal.cause): logged once per cause
+
+
+class SessionBusy(RuntimeError):
+    """The tracker stayed busy longer than the caller may wait."""
+
+
+class PromptInbox:
+    """Prompts from the topic, waiting for the worker: bounded, what does not fit is counted."""
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self._items: deque[PromptRequest] = deque()
+        self._lock = threading.Lock()
+        self.dropped = 0
+
+    def put(self, requests: list[PromptRequest]) -> int:
+        """Queue ``requests``; returns how many were dropped because the inbox is full."""
+        with self._lock:
+            room = max(self.depth - len(self._items), 0)
+            self._items.extend(requests[:room])
+            dropped = max(len(requests) - room, 0)
+            self.dropped += dropped
+            return dropped
+
+    def take_all(self) -> list[PromptRequest]:
+        with self._lock:
+            items, self._items = list(self._items), deque()
+            return items
 
 
 class LatestFrame:
@@ -102,23 +132,30 @@ class SessionStats:
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=100))
     stage_ms: dict[str, float] = field(default_factory=dict)
     errors: Counter = field(default_factory=Counter)
+    prompts: Counter = field(default_factory=Counter)  # received, refused, dropped
 
 
 class TrackingSession:
     """Thread-safe front of the tracker for the ROS node."""
 
-    def __init__(self, tracker: Tracker, max_objects: int = 32) -> None:
+    def __init__(self, tracker: Tracker, max_objects: int = 32, limits: PromptLimits | None = None,
+                 prompt_queue_depth: int = 100) -> None:
         self.tracker = tracker
         self.max_objects = max_objects
+        self.limits = limits or PromptLimits()
         self.lock = threading.RLock()
         self.frames = LatestFrame()
+        self.inbox = PromptInbox(prompt_queue_depth)
         self.stats = SessionStats()
+        self.newest_stamp: float | None = None  # of the images received (processed or not)
         self._next_id = 1
 
     # ------------------------------------------------------------------ frames
-    def submit(self, item: Any) -> None:
+    def submit(self, item: Any, stamp: float | None = None) -> None:
         """Hand over the newest raw image (the worker decodes it)."""
         self.stats.received.tick()
+        if stamp is not None and (self.newest_stamp is None or stamp > self.newest_stamp):
+            self.newest_stamp = stamp
         self.frames.put(item)
 
     def step(self, rgb: np.ndarray, stamp: float | None) -> FrameResult:
@@ -132,17 +169,46 @@ class TrackingSession:
 
     # ------------------------------------------------------------------ prompts
     def _new_id(self) -> int:
+        """The next free id; after MAX_TRACK_ID it starts again at 1 (ids must fit the label image)."""
         taken = set(self.tracker.object_ids)
-        while self._next_id in taken:
-            self._next_id += 1
+        while self._next_id in taken or self._next_id > MAX_TRACK_ID:
+            self._next_id = 1 if self._next_id > MAX_TRACK_ID else self._next_id + 1
         oid = self._next_id
         self._next_id += 1
         return oid
 
-    def add_prompts(self, requests: list[PromptRequest], apply_now: bool) -> list[PromptOutcome]:
-        """Validate and queue prompts; with ``apply_now`` decode them on the newest frame at once."""
+    def queue_prompts(self, requests: list[PromptRequest]) -> int:
+        """Leave topic prompts for the worker (cheap: the subscription never waits for the
+        tracker); returns how many were dropped because ``prompt_queue_depth`` are waiting."""
+        self.stats.prompts["received"] += len(requests)
+        dropped = self.inbox.put(requests)
+        self.stats.prompts["dropped"] += dropped
+        return dropped
+
+    def apply_queued(self, now: float | None = None) -> list[PromptOutcome]:
+        """Queue the waiting topic prompts on the tracker (for the next frame or their stamp's)."""
+        requests = self.inbox.take_all()
+        return self._add(requests, apply_now=False, now=now) if requests else []
+
+    def add_prompts(self, requests: list[PromptRequest], apply_now: bool, now: float | None = None,
+                    timeout: float | None = None) -> list[PromptOutcome]:
+        """Validate and queue prompts; with ``apply_now`` decode them on the newest frame at once.
+
+        ``now``: the node clock, against which future stamps are refused. ``timeout``: seconds
+        to wait for the tracker (it may be busy with a frame) before raising ``SessionBusy``.
+        """
+        self.stats.prompts["received"] += len(requests)
+        return self._add(requests, apply_now, now, timeout)
+
+    def _add(self, requests: list[PromptRequest], apply_now: bool, now: float | None = None,
+             timeout: float | None = None) -> list[PromptOutcome]:
         outcomes: list[PromptOutcome] = []
-        with self.lock:
+        try:
+            self._acquire(timeout)
+        except SessionBusy:
+            self.stats.prompts["refused"] += len(requests)
+            raise
+        try:
             tr = self.tracker
             for req in requests:
                 out = PromptOutcome()
@@ -150,6 +216,10 @@ class TrackingSession:
                 try:
                     if req.error:
                         raise PromptError(req.error)
+                    refusal = prompt_refusal(req.obj_id, req.label, len(req.points or ()), req.stamp, self.limits,
+                                             self.newest_stamp, now, tr.config.stamp_tolerance)
+                    if refusal is not None:
+                        raise _Refused(refusal)
                     oid = self._resolve_id(req)
                     if req.stamp is not None:
                         frame = tr.frame_for_stamp(req.stamp)
@@ -158,16 +228,22 @@ class TrackingSession:
                     tr.add_prompt(oid, box=req.box, points=req.points, labels=req.labels, mask=req.mask, frame=frame,
                                   label=req.label, replace=req.action == ACTION_REPLACE)
                     out.obj_id = oid
+                except _Refused as exc:
+                    out.error, out.cause = exc.refusal.reason, exc.refusal.cause
+                    self.stats.errors[exc.refusal.cause] += 1
                 except (PromptError, TrackerError, ValueError) as exc:
                     self._next_id = next_id  # a refused prompt does not use up an id
                     out.error = str(exc)
                     self.stats.errors["bad_prompt"] += 1
                 outcomes.append(out)
+            self.stats.prompts["refused"] += sum(1 for o in outcomes if o.error)
             if apply_now and any(o.obj_id for o in outcomes):
                 result = tr.flush()
                 for o in outcomes:
                     if o.obj_id and result is not None and o.obj_id in result.objects:
                         o.found = result.objects[o.obj_id].area > 0
+        finally:
+            self.lock.release()
         return outcomes
 
     def _resolve_id(self, req: PromptRequest) -> int:
@@ -188,15 +264,27 @@ class TrackingSession:
             raise ValueError(f"unknown track id {req.obj_id} (known: {sorted(existing)})")
         return req.obj_id
 
-    def remove(self, obj_id: int) -> None:
-        with self.lock:
-            self.tracker.remove(obj_id)
+    def _acquire(self, timeout: float | None) -> None:
+        """Take the lock, or raise ``SessionBusy`` after ``timeout`` seconds (None: wait)."""
+        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
+            self.stats.errors["busy"] += 1
+            raise SessionBusy(f"busy: the tracker did not become free within {timeout} s; try again")
 
-    def reset(self) -> None:
-        with self.lock:
+    def remove(self, obj_id: int, timeout: float | None = None) -> None:
+        self._acquire(timeout)
+        try:
+            self.tracker.remove(obj_id)
+        finally:
+            self.lock.release()
+
+    def reset(self, timeout: float | None = None) -> None:
+        self._acquire(timeout)
+        try:
             self.tracker.reset()
             self.frames.clear()
             self._next_id = 1
+        finally:
+            self.lock.release()
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self) -> dict[str, str]:
@@ -210,6 +298,7 @@ class TrackingSession:
             "frames_received": str(s.received.count),
             "frames_processed": str(s.processed.count),
             "frames_dropped": str(self.frames.dropped),
+            **{f"prompts_{k}": str(s.prompts[k]) for k in ("received", "refused", "dropped")},
             "latency_ms_median": f"{lat[len(lat) // 2]:.1f}" if lat else "n/a",
             "latency_ms_max": f"{lat[-1]:.1f}" if lat else "n/a",
             "objects": str(len(objs)),
@@ -219,3 +308,9 @@ class TrackingSession:
         values.update({f"ms_{k}": f"{v:.1f}" for k, v in s.stage_ms.items()})
         values.update({f"errors_{k}": str(v) for k, v in sorted(s.errors.items())})
         return values
+
+
+class _Refused(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal

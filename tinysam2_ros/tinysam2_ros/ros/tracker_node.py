@@ -21,6 +21,7 @@ from typing import Any
 
 import rclpy
 import rclpy.executors
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
@@ -40,9 +41,11 @@ from .image_codec import (
     mono_to_image_msg,
     rgb_to_image_msg,
 )
+from .device_check import device_problem
+from .limits import PromptLimits, compressed_refusal, image_size_refusal
 from .params import PARAMS, SPECS, memory_overrides, validate
 from .render import crop_mask, draw_overlay, label_image
-from .session import PromptRequest, TrackingSession
+from .session import PromptRequest, SessionBusy, TrackingSession
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 STATE_CODES = {"tracked": Track.STATE_TRACKED, "occluded": Track.STATE_OCCLUDED, "lost": Track.STATE_LOST}
@@ -147,6 +150,10 @@ class TrackerNode(LifecycleNode):
         from ..tracking.tracker import Tracker, TrackerConfig
 
         v = self._param_values()
+        problem = device_problem(v["device"])
+        if problem:
+            self.get_logger().error(f"configure failed: {problem}")
+            return TransitionCallbackReturn.FAILURE
         try:
             preset = get_preset(v["preset"])
             model = build_model(preset).to(v["device"])
@@ -164,20 +171,25 @@ class TrackerNode(LifecycleNode):
         except (KeyError, ValueError, CheckpointError, RuntimeError) as exc:  # BackendError is a RuntimeError
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE
+        except Exception as exc:  # anything else too: the lifecycle would swallow it without a word
+            self.get_logger().error(f"configure failed: {type(exc).__name__}: {exc}")
+            return TransitionCallbackReturn.FAILURE
         self._preset = preset  # live memory changes start again from it
-        self.session = TrackingSession(tracker, max_objects=v["max_objects"])
+        self.session = TrackingSession(tracker, max_objects=v["max_objects"], **self._limit_settings(v))
         self._pub_handles = {
             "tracks": self.create_lifecycle_publisher(TrackArray, "tracks", RELIABLE),
             "masks": self.create_lifecycle_publisher(Image, "masks", RELIABLE),
             "overlay": self.create_lifecycle_publisher(Image, "overlay", RELIABLE),
             "diagnostics": self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE),
         }
+        srv = self._service_options(v)
         self._srv_handles = [
-            self.create_service(AddPrompts, "~/add_prompts", self._on_add_prompts),
-            self.create_service(RemoveObject, "~/remove_object", self._on_remove),
-            self.create_service(Trigger, "~/reset", self._on_reset),
+            self.create_service(AddPrompts, "~/add_prompts", self._on_add_prompts, **srv),
+            self.create_service(RemoveObject, "~/remove_object", self._on_remove, **srv),
+            self.create_service(Trigger, "~/reset", self._on_reset, **srv),
         ]
-        self._diag_timer = self.create_timer(v["diagnostics_period"], self._publish_diagnostics)
+        self._diag_timer = self.create_timer(v["diagnostics_period"], self._publish_diagnostics,
+                                             callback_group=MutuallyExclusiveCallbackGroup())
         self._configured = True
         self.get_logger().info(
             f"configured: preset {v['preset']}, backend {v['backend']} on {v['device']}, memory {config.memory.compression}"
@@ -191,7 +203,9 @@ class TrackerNode(LifecycleNode):
             self._sub_handles.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image, image_qos))
         else:
             self._sub_handles.append(self.create_subscription(Image, "image", self._on_image, image_qos))
-        self._sub_handles.append(self.create_subscription(PromptArray, "prompts", self._on_prompts, RELIABLE))
+        self._sub_handles.append(self.create_subscription(
+            PromptArray, "prompts", self._on_prompts,
+            QoSProfile(depth=v["prompt_queue_depth"], reliability=ReliabilityPolicy.RELIABLE)))
         image_topic = self.resolve_topic_name("image")
         for click_topic in (image_topic + "_mouse_left", self.resolve_topic_name("overlay") + "_mouse_left"):
             self._sub_handles.append(self.create_subscription(Point, click_topic, self._on_click, RELIABLE))
@@ -253,19 +267,69 @@ class TrackerNode(LifecycleNode):
             self.get_logger().error(f"{message} (reported once per cause; further ones are counted in /diagnostics)")
 
     def _on_image(self, msg) -> None:
-        if self.session is not None:
-            self.session.submit(msg)
+        if self.session is not None and not self._image_refused(msg):
+            stamp = stamp_to_sec(msg.header.stamp) if (msg.header.stamp.sec or msg.header.stamp.nanosec) else None
+            self.session.submit(msg, stamp)
 
     def _on_prompts(self, msg: PromptArray) -> None:
-        if self.session is None:
+        """Only converts and queues (the worker applies them), so a flood cannot stall the executor."""
+        session = self.session
+        if session is None:
             return
         default = stamp_to_sec(msg.header.stamp) if (msg.header.stamp.sec or msg.header.stamp.nanosec) else None
-        outcomes = self.session.add_prompts([prompt_from_msg(p, default) for p in msg.prompts], apply_now=False)
+        dropped = session.queue_prompts([prompt_from_msg(p, default) for p in msg.prompts])
+        if dropped:
+            self._log_once("prompts_dropped", f"prompts dropped: more than prompt_queue_depth="
+                           f"{session.inbox.depth} wait for the tracker (counted as prompts_dropped in /diagnostics)")
+
+    # ------------------------------------------------------------------ limits (docs/robustness.md)
+    @staticmethod
+    def _limit_settings(v: dict[str, Any]) -> dict[str, Any]:
+        limits = PromptLimits(max_label_length=v["max_label_length"], max_points=v["max_points_per_prompt"])
+        return {"limits": limits, "prompt_queue_depth": v["prompt_queue_depth"]}
+
+    @staticmethod
+    def _service_options(v: dict[str, Any]) -> dict[str, Any]:
+        """Services in their own group (a waiting call never blocks images or prompts) with a
+        request queue deep enough for bursts of concurrent calls."""
+        qos = QoSProfile(depth=v["service_queue_depth"], reliability=ReliabilityPolicy.RELIABLE)
+        return {"qos_profile": qos, "callback_group": MutuallyExclusiveCallbackGroup()}
+
+    def _log_once(self, cause: str, message: str) -> None:
+        """Log the first refusal of each cause (the session counts them all for /diagnostics)."""
+        if cause not in self._reported:
+            self._reported.add(cause)
+            self.get_logger().error(f"{message} (reported once per cause; further ones are counted in /diagnostics)")
+
+    def _image_refused(self, msg) -> bool:
+        """Refuse an image above max_image_pixels (a compressed one from its header, before decoding)."""
+        max_pixels = self.get_parameter("max_image_pixels").value
+        if isinstance(msg, CompressedImage):
+            refusal = compressed_refusal(bytes(msg.data), max_pixels)
+        else:
+            refusal = image_size_refusal(int(msg.width), int(msg.height), max_pixels)
+        if refusal is not None:
+            self._report_once(refusal.cause, f"image skipped: {refusal.reason}")
+        return refusal is not None
+
+    def _apply_queued_prompts(self, session: TrackingSession) -> None:
+        """Worker side of the prompts topic: apply what waits, log refusals (limits once per cause)."""
+        try:
+            outcomes = session.apply_queued(now=self._now())
+        except Exception as exc:  # never let a prompt end the worker
+            self._report_once(f"prompt_failed:{type(exc).__name__}", f"prompts failed: {exc!r}")
+            return
+        queued = [o.obj_id for o in outcomes if not o.error]
         for o in outcomes:
-            if o.error:
-                self.get_logger().warning(f"prompt refused: {o.error}")
-            else:
-                self.get_logger().info(f"prompt queued for track {o.obj_id}")
+            if o.cause:
+                self._log_once(o.cause, f"prompt refused: {o.error}")
+            elif o.error:
+                self.get_logger().warning(f"prompt refused: {o.error}", throttle_duration_sec=1.0)
+        if queued:
+            self.get_logger().info(f"prompt(s) queued for track(s) {queued}", throttle_duration_sec=1.0)
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
 
     def _on_click(self, msg: Point) -> None:
         if self.session is None:
@@ -279,27 +343,44 @@ class TrackerNode(LifecycleNode):
 
     # ------------------------------------------------------------------ services
     def _on_add_prompts(self, request, response):
-        if self.session is None:
+        """Always answers: refusals and 'busy' in ``message``, an unexpected error too."""
+        session = self.session
+        if session is None:
             response.success, response.message = False, "node is not configured"
             return response
-        outcomes = self.session.add_prompts([prompt_from_msg(p) for p in request.prompts], apply_now=True)
+        try:
+            outcomes = session.add_prompts([prompt_from_msg(p) for p in request.prompts], apply_now=True,
+                                           now=self._now(), timeout=self.get_parameter("service_busy_timeout").value)
+        except SessionBusy as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        except Exception as exc:
+            self._report_once(f"service_failed:{type(exc).__name__}", f"add_prompts failed: {exc!r}")
+            response.success, response.message = False, f"internal error: {exc!r}"
+            return response
+        for o in outcomes:
+            if o.cause:
+                self._log_once(o.cause, f"prompt refused: {o.error}")
+        self._fill_add_response(session, outcomes, response)
+        return response
+
+    def _fill_add_response(self, session, outcomes, response):
         response.obj_ids = [o.obj_id for o in outcomes]
         response.found = [o.found for o in outcomes]
         errors = [f"prompt {i}: {o.error}" for i, o in enumerate(outcomes) if o.error]
         response.success = bool(outcomes) and not errors
         response.message = "; ".join(errors) if errors else ("no prompts given" if not outcomes else "ok")
-        if self.session.tracker.frame_idx < 0 and response.success:
+        if session.tracker.frame_idx < 0 and response.success:
             response.message = "queued: applied to the first image"
-        return response
 
     def _on_remove(self, request, response):
         if self.session is None:
             response.success, response.message = False, "node is not configured"
             return response
         try:
-            self.session.remove(int(request.obj_id))
+            self.session.remove(int(request.obj_id), timeout=self.get_parameter("service_busy_timeout").value)
             response.success, response.message = True, f"removed track {request.obj_id}"
-        except Exception as exc:  # TrackerError: unknown id
+        except Exception as exc:  # TrackerError: unknown id; SessionBusy
             response.success, response.message = False, str(exc)
         return response
 
@@ -307,7 +388,11 @@ class TrackerNode(LifecycleNode):
         if self.session is None:
             response.success, response.message = False, "node is not configured"
             return response
-        self.session.reset()
+        try:
+            self.session.reset(timeout=self.get_parameter("service_busy_timeout").value)
+        except SessionBusy as exc:
+            response.success, response.message = False, str(exc)
+            return response
         response.success, response.message = True, "all tracks removed"
         return response
 
@@ -317,9 +402,11 @@ class TrackerNode(LifecycleNode):
             session = self.session
             if session is None:
                 return
+            self._apply_queued_prompts(session)
             msg = session.frames.take(timeout=0.1)
             if msg is None:
                 continue
+            self._apply_queued_prompts(session)
             try:
                 rgb = compressed_msg_to_rgb(msg) if isinstance(msg, CompressedImage) else image_msg_to_rgb(msg)
             except ImageDecodeError as exc:
@@ -384,7 +471,7 @@ def main(args: list[str] | None = None) -> int:
 
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = TrackerNode()
-    executor = rclpy.executors.MultiThreadedExecutor(num_threads=2)
+    executor = rclpy.executors.MultiThreadedExecutor(num_threads=4)  # topics, services, diagnostics
     executor.add_node(node)
     stop = threading.Event()
 

@@ -176,15 +176,20 @@ class Tracker:
         return self.config.memory
 
     def frame_for_stamp(self, stamp: float) -> int:
-        """The frame a prompt stamped ``stamp`` refers to (the next one if newer than all)."""
-        if not self._frames or stamp > max(f.stamp or -np.inf for f in self._frames.values()) + self.config.stamp_tolerance:
+        """The frame a prompt stamped ``stamp`` refers to (the next one if newer than all).
+
+        Only frames that came with a stamp can match; frames received without one
+        (stamp 0) are skipped, so a stream mixing both never compares against None.
+        """
+        stamped = [f for f in self._frames.values() if f.stamp is not None]
+        if not stamped or stamp > max(f.stamp for f in stamped) + self.config.stamp_tolerance:
             return self.frame_idx + 1
-        best = min(self._frames.values(), key=lambda f: abs((f.stamp if f.stamp is not None else -np.inf) - stamp))
-        if best.stamp is None or abs(best.stamp - stamp) > self.config.stamp_tolerance:
-            oldest = next(iter(self._frames.values())).stamp
+        best = min(stamped, key=lambda f: abs(f.stamp - stamp))
+        if abs(best.stamp - stamp) > self.config.stamp_tolerance:
             raise TrackerError(
-                f"no frame with stamp {stamp:.3f} in the feature window (it holds stamps from "
-                f"{oldest:.3f}; feature_window={self.config.feature_window} frames)"
+                f"no frame with stamp {stamp:.3f} in the feature window (its {len(stamped)} stamped frames span "
+                f"{stamped[0].stamp:.3f}..{stamped[-1].stamp:.3f}; feature_window={self.config.feature_window} "
+                f"frames, stamp_tolerance={self.config.stamp_tolerance} s)"
             )
         return best.idx
 
