@@ -62,7 +62,32 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", range=(0.1, 60.0)),
 )
 
+
+
+# ---- detector input (issue 21): one parameter per AssociationConfig field, "detections.<field>"
+def _detection_specs() -> tuple[ParamSpec, ...]:
+    from dataclasses import MISSING, fields
+
+    from ..tracking.association import AssociationConfig
+
+    return tuple(
+        ParamSpec(f"detections.{f.name}", f.default if f.default is not MISSING else f.default_factory(),
+                  f.metadata["help"], live=f.metadata["live"], range=f.metadata["range"], choices=f.metadata["choices"])
+        for f in fields(AssociationConfig)
+    )
+
+
+DETECTION_PREFIX = "detections."
+PARAMS = PARAMS + _detection_specs()
 SPECS = {p.name: p for p in PARAMS}
+
+
+def association_config(values: dict[str, Any]):
+    """The AssociationConfig the ``detections.*`` parameters describe."""
+    from ..tracking.association import AssociationConfig
+
+    return AssociationConfig(**{k[len(DETECTION_PREFIX):]: v for k, v in values.items()
+                                if k.startswith(DETECTION_PREFIX)})
 MEMORY_PREFIX = "memory."
 
 
