@@ -160,10 +160,10 @@ class DetectionInput:
             actions = self.assoc.associate(frame, dets, live)
             p_stamp = frame_stamp if frame <= tr.frame_idx else None
             for a in actions:
-                self._apply(a, frame, p_stamp, dets, out)
+                self._apply(a, frame, p_stamp, out)
         return out
 
-    def _apply(self, a, frame: int, stamp: float | None, dets: list[Detection], out: Outcome) -> None:
+    def _apply(self, a, frame: int, stamp: float | None, out: Outcome) -> None:
         if a.kind == "drop":
             try:
                 self.session.remove(a.track_id)
@@ -180,7 +180,7 @@ class DetectionInput:
             cause = "max_objects" if "max_objects" in res.error else "prompt_refused"
             self._refuse(out, cause, f"detection box not applied ({a.kind}): {res.error}")
         elif a.kind == "create":
-            self.assoc.created(res.obj_id, a.box, frame, dets[a.detection].det_id)
+            self.assoc.created(res.obj_id, a.box, frame, a.det_id)
             out.created.append(res.obj_id)
         else:
             out.refined.append(a.track_id)

@@ -88,7 +88,7 @@ class Action:
     box: Box | None = None
     label: str = ""
     track_id: int = 0  # 0 for create
-    detection: int = -1  # index in the array
+    det_id: str = ""  # the detector's id of the box
 
 
 @dataclass
@@ -237,7 +237,7 @@ class Associator:
                 mem.last_refine = frame
                 self.counts["refined"] += 1
                 self.counts["reacquired" if lost else "drift_refined"] += 1
-                actions.append(Action("refine", d.box, d.label, tid, i))
+                actions.append(Action("refine", d.box, d.label, tid, d.det_id))
         unmatched = [i for i in range(len(dets)) if i not in matched]
         actions += self._candidates(frame, dets, unmatched)
         if c.drop_after > 0:
@@ -269,7 +269,7 @@ class Associator:
             d = dets[i]
             if hits[i] >= c.min_hits:
                 self.counts["created"] += 1
-                actions.append(Action("create", d.box, d.label, 0, i))
+                actions.append(Action("create", d.box, d.label, 0, d.det_id))
             else:
                 waiting.append(_Candidate(d.box, d.label, hits[i]))
         self.candidates = waiting  # consecutive: a candidate missing from this array starts again
