@@ -85,7 +85,8 @@ class DetectionInput:
         self.session = session
         self.assoc = Associator(config, history=session.tracker.config.feature_window + 2)
         self.ignored: Counter = Counter()
-        self.arrays = 0
+        self.arrays = 0  # arrays associated
+        self.handled = 0  # arrays received, refused ones included
         self._done: list[int] = []  # frames that already had an array (flood guard)
         self._last_frame = -1
 
@@ -126,6 +127,12 @@ class DetectionInput:
 
     def handle(self, msg) -> Outcome:
         """Associate one ``Detection2DArray`` and apply the actions."""
+        try:
+            return self._handle(msg)
+        finally:
+            self.handled += 1
+
+    def _handle(self, msg) -> Outcome:
         out = Outcome()
         stamp = _sec(msg.header.stamp)
         if stamp is None and msg.detections:

@@ -8,9 +8,12 @@ linear_sum_assignment``) and answers with actions for ``TrackingSession``: ``cre
 that drifted or is occluded/lost: re-acquisition keeps the id) and ``drop`` (a track no
 detection confirmed for ``drop_after`` arrays; off by default). Plain Python: no ROS.
 
-A track's reference boxes on the detection's frame are its mask box there and the last
-detection box matched to it: the second keeps a just-created (still pending) track, an
-occluded one and a track whose mask is poor from being created again.
+A track's reference boxes on the detection's frame are its mask box there and its last
+detection box, as it was and moved on at the velocity of its last detections (at most
+``MAX_PREDICT`` frames; the better of the two counts, since objects also stop): these keeps a just-created (still pending) track, an occluded
+one and a track whose mask is poor from being created again. A mask box that disagrees with
+the track's own predicted detection (IoU below ``match_iou``) has drifted and is not used
+for matching, so a drifted mask cannot take another object's detection.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
+MAX_PREDICT = 15  # frames a track's detection box is extrapolated at most
 
 
 def _f(default, help: str, range=None, live: bool = True):
@@ -32,8 +36,9 @@ def _f(default, help: str, range=None, live: bool = True):
 class AssociationConfig:
     """Thresholds of the association (node parameters ``detections.<name>``)."""
 
-    match_iou: float = _f(0.3, "least IoU of a detection with a track's box (mask box on the detection's frame, or "
-                          "the last detection box matched to it) for the two to be the same object", (0.01, 1.0))
+    match_iou: float = _f(0.2, "least IoU of a detection with a track's box (mask box on the detection's frame, or "
+                          "its last detection box, as it was or moved on at its velocity) for the two to be the same object",
+                          (0.01, 1.0))
     refine_iou: float = _f(0.5, "a matched track whose mask box overlaps the detection less than this has drifted: "
                            "the box is given to it as a REFINE prompt (0 = never refine for drift)", (0.0, 1.0))
     refine_lost: bool = _f(True, "REFINE an occluded or lost track with the box that matched it (re-acquisition, "
@@ -104,6 +109,24 @@ class _Memory:
     frame: int = -1
     misses: int = 0  # consecutive arrays that did not confirm it
     last_refine: int = -10**9
+    velocity: np.ndarray | None = None  # box corners per frame
+
+    def predict(self, frame: int) -> Box | None:
+        if self.box is None:
+            return None
+        if self.velocity is None:
+            return self.box
+        dt = float(np.clip(frame - self.frame, -MAX_PREDICT, MAX_PREDICT))
+        return tuple(float(v) for v in np.add(self.box, self.velocity * dt))
+
+    def update(self, box: Box, frame: int) -> None:
+        """A detection confirmed the track on ``frame`` (older news than what it has is ignored)."""
+        if self.box is not None and frame > self.frame:
+            v = (np.asarray(box) - np.asarray(self.box)) / (frame - self.frame)
+            self.velocity = v if self.velocity is None else 0.5 * (self.velocity + v)
+        if self.box is None or frame >= self.frame:
+            self.box, self.frame = box, frame
+        self.misses = 0
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -152,6 +175,7 @@ class Associator:
         self.det_ids: dict[str, int] = {}  # detector id -> track id
         self.candidates: list[_Candidate] = []
         self.counts: Counter = Counter()
+        self.assignments: Counter = Counter()  # (detector id, track id) -> times: which box went where
 
     # ------------------------------------------------------------------ tracker side
     def record(self, frame: int, boxes: dict[int, TrackBox]) -> None:
@@ -163,6 +187,7 @@ class Associator:
     def created(self, track_id: int, box: Box, frame: int, det_id: str = "") -> None:
         """A create action was applied as ``track_id``."""
         self.tracks[track_id] = _Memory(box=box, frame=frame, last_refine=frame)
+        self.assignments[(det_id, track_id)] += 1
         if det_id:
             self.det_ids[det_id] = track_id
 
@@ -201,13 +226,16 @@ class Associator:
             dboxes = np.array([d.box for d in dets])
             mask_boxes = [shown.get(t).box if shown.get(t) else None for t in ids]
             for j, tid in enumerate(ids):
-                refs = [b for b in (mask_boxes[j], self.tracks[tid].box) if b is not None]
+                predicted = self.tracks[tid].predict(frame)
+                mb = mask_boxes[j]
+                if mb is not None:
+                    mask_iou[:, j] = iou_matrix(dboxes, np.array([mb]))[:, 0]
+                    if predicted is not None and iou_matrix([mb], [predicted])[0, 0] < c.match_iou:
+                        mb = None  # the mask drifted away from the track's own detections
+                refs = [b for b in (mb, predicted, self.tracks[tid].box) if b is not None]
                 if not refs:
                     continue
-                ious = iou_matrix(dboxes, np.array(refs))
-                best = ious.max(axis=1)
-                if mask_boxes[j] is not None:
-                    mask_iou[:, j] = ious[:, 0]
+                best = iou_matrix(dboxes, np.array(refs)).max(axis=1)
                 for i, d in enumerate(dets):
                     if c.class_aware and d.label and live[tid] and d.label != live[tid]:
                         continue
@@ -225,7 +253,8 @@ class Associator:
         for i, tid in matched.items():
             d, mem = dets[i], self.tracks[tid]
             self.counts["matched"] += 1
-            mem.box, mem.frame, mem.misses = d.box, frame, 0
+            mem.update(d.box, frame)
+            self.assignments[(d.det_id, tid)] += 1
             if d.det_id:
                 self.det_ids[d.det_id] = tid
             tb = shown.get(tid)
