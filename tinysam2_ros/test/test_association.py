@@ -173,3 +173,32 @@ def test_config_ranges():
         AssociationConfig(match_iou=1.5).validate()
     with pytest.raises(ValueError, match="detections.min_hits"):
         Associator(AssociationConfig(min_hits=0))
+
+
+def test_velocity_follows_a_moving_object_between_sparse_detections():
+    """Every 3rd frame, 8 px per frame: the last box alone overlaps the next one too little."""
+    a = Associator(AssociationConfig(match_iou=0.3))
+    a.created(1, (0, 0, 40, 40), 0)
+    acts = a.associate(3, [Detection((24, 0, 64, 40), "", 0.9)], live={1: ""})  # IoU 0.25 with the last box
+    assert kinds(acts) == [("create", 0, "")]  # no velocity known yet: taken for another object
+    b = Associator(AssociationConfig(match_iou=0.3))
+    b.created(1, (0, 0, 40, 40), 0)
+    assert b.associate(1, [Detection((8, 0, 48, 40), "", 0.9)], live={1: ""}) == []  # learns 8 px per frame
+    assert b.associate(4, [Detection((32, 0, 72, 40), "", 0.9)], live={1: ""}) == []  # predicted: IoU 1
+    assert b.associate(7, [Detection((56, 0, 96, 40), "", 0.9)], live={1: ""}) == []
+    assert b.counts["matched"] == 3 and b.counts["created"] == 0
+    # the object stops: the unmoved last box still matches
+    assert b.associate(16, [Detection((57, 0, 97, 40), "", 0.9)], live={1: ""}) == []
+    assert b.counts["created"] == 0
+
+
+def test_a_drifted_mask_cannot_take_another_objects_detection():
+    a = Associator()
+    a.created(1, (10, 10, 50, 50), 0)
+    a.created(2, (100, 10, 140, 50), 0)
+    # track 2's mask drifted onto object 1; its own detections say it is elsewhere
+    a.record(5, {1: TrackBox((10, 10, 50, 50)), 2: TrackBox((10, 10, 50, 50))})
+    acts = a.associate(5, [Detection((11, 10, 51, 50), "", 0.9), Detection((101, 10, 141, 50), "", 0.9)],
+                       live={1: "", 2: ""})
+    assert kinds(acts) == [("refine", 2, "")]  # matched by its own detection, and refined back onto it
+    assert a.assignments == {("", 1): 2, ("", 2): 2}  # created + matched each; no swap

@@ -232,3 +232,23 @@ def test_diagnostics_say_when_the_input_is_off_or_on(det):
     keys = {kv.key for d in h.diags for s in d.status for kv in s.values}
     assert "detections_arrays" in keys and "detections_input" not in keys
     assert isinstance(h.diags[-1], DiagnosticArray)
+
+
+def test_demo_with_a_simulated_detector(tmp_path, capsys):
+    """`tinysam2 demo --detector` on a short generated video with the shipped demo model."""
+    from tinysam2_ros.cli import main
+
+    rc = main(["demo", "--detector", "--out", str(tmp_path), "--frames", "15", "--size", "128x128",
+               "--detector-every", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "simulated detector on 'detections' (every 2 frames" in out
+    lines = {line.split(":")[0]: line for line in out.splitlines()}
+    objects = [k for k in lines if k.startswith("object ")]
+    assert objects, out
+    n = len(objects)
+    assert f"one track per object: {n} of {n} objects" in out  # association: each object's boxes, one track
+    assert "tracks made from false positives only: none" in out
+    assert "J&F" in out and "detection arrays sent" in out
+    assert main(["demo", "--detector", "--video", str(tmp_path), "--box", "1,1,5,5"]) == 2
+    assert "--detector" in capsys.readouterr().err
