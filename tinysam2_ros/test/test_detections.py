@@ -42,6 +42,13 @@ class DetectorHarness(Harness):
         self.tracked: list[Detection2DArray] = []
         self.client.create_subscription(Detection2DArray, "tracked_detections", self.tracked.append, RELIABLE)
 
+    def close(self):
+        self.executor.shutdown(timeout_sec=2.0)
+        self.thread.join(timeout=5.0)  # the spin thread must be out before the nodes go
+        self.node.on_shutdown(None)
+        self.node.destroy_node()
+        self.client.destroy_node()
+
     def frame(self):
         """Publish one image and wait until the node processed it; returns its stamp."""
         before = self.processed()
