@@ -202,3 +202,26 @@ def test_a_drifted_mask_cannot_take_another_objects_detection():
                        live={1: "", 2: ""})
     assert kinds(acts) == [("refine", 2, "")]  # matched by its own detection, and refined back onto it
     assert a.assignments == {("", 1): 2, ("", 2): 2}  # created + matched each; no swap
+
+
+def test_an_object_that_moved_while_occluded_comes_back_with_its_id():
+    a = Associator()
+    a.created(1, (10, 10, 50, 50), 0)
+    a.created(2, (200, 10, 240, 50), 0)
+    a.record(20, {1: TrackBox(None, state="occluded"), 2: TrackBox((200, 10, 240, 50))})
+    back = Detection((50, 20, 90, 60), "", 0.9)  # IoU 0 with where it was hidden, 0.9 diagonals away
+    assert kinds(a.associate(20, [back], live={1: "", 2: ""})) == [("refine", 1, "")]
+    assert a.counts["reacquired"] == 1 and a.counts["created"] == 0
+    far = Associator()
+    far.created(1, (10, 10, 50, 50), 0)
+    far.record(20, {1: TrackBox(None, state="occluded")})
+    assert kinds(far.associate(20, [Detection((150, 20, 190, 60), "", 0.9)], live={1: ""})) == [("create", 0, "")]
+    # a visible track (its mask on this frame) is not taken by distance: that is another object
+    vis = Associator()
+    vis.created(1, (10, 10, 50, 50), 0)
+    vis.record(20, {1: TrackBox((10, 10, 50, 50))})
+    assert kinds(vis.associate(20, [Detection((50, 20, 90, 60), "", 0.9)], live={1: ""})) == [("create", 0, "")]
+    off = Associator(AssociationConfig(reacquire_distance=0.0))
+    off.created(1, (10, 10, 50, 50), 0)
+    off.record(20, {1: TrackBox(None, state="lost")})
+    assert kinds(off.associate(20, [Detection((50, 20, 90, 60), "", 0.9)], live={1: ""})) == [("create", 0, "")]

@@ -262,7 +262,7 @@ def _demo_with_detector(args, frames, gt, out, preset, checkpoint, params, sourc
     print(f"detection arrays sent {res.arrays_sent}; the node: associated {c['detections_arrays']}, matched "
           f"{c['detections_matched']}, created {c['detections_created']}, refined {c['detections_refined']} "
           f"(re-acquired {c['detections_reacquired']}, drift {c['detections_drift_refined']}), dropped "
-          f"{c['detections_dropped']}; ignored: " + (", ".join(f"{k[20:]} {v}" for k, v in c.items()
+          f"{c['detections_dropped']}; ignored: " + (", ".join(f"{k[len('detections_ignored_'):]} {v}" for k, v in c.items()
                                                           if k.startswith("detections_ignored_")) or "none"))
     stable = sum(len(t) == 1 for t in res.tracks_per_object.values())
     for oid, tids in sorted(res.tracks_per_object.items()):

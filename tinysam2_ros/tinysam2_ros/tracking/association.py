@@ -51,6 +51,9 @@ class AssociationConfig:
                        "track (1 = at once)", (1, 100))
     drop_after: int = _f(0, "drop a track after this many consecutive detection arrays that do not confirm it "
                          "(0 = never; applies to every track, prompted ones too)", (0, 100000))
+    reacquire_distance: float = _f(1.0, "a box no IoU matched may still re-acquire an occluded or lost track of its "
+                                   "class whose (predicted) box centre is within this many box diagonals "
+                                   "(0 = IoU only)", (0.0, 10.0))
     class_aware: bool = _f(True, "a detection matches only tracks of its class (tracks without a label match any)")
     use_detector_ids: bool = _f(True, "a detection carrying the detector's own id goes to the track that id "
                                 "matched before, whatever the IoU (class permitting)")
@@ -249,6 +252,7 @@ class Associator:
             for i, j in zip(*linear_sum_assignment(finite)):
                 if np.isfinite(cost[i, j]):
                     matched[int(i)] = ids[j]
+        matched.update(self._reacquire(frame, dets, matched, ids, live, shown))
         actions: list[Action] = []
         for i, tid in matched.items():
             d, mem = dets[i], self.tracks[tid]
@@ -280,6 +284,36 @@ class Associator:
                     self.counts["dropped"] += 1
                     actions.append(Action("drop", track_id=tid))
         return actions
+
+    def _reacquire(self, frame, dets, matched, ids, live, shown) -> dict[int, int]:
+        """Second stage: boxes no IoU matched, to hidden tracks (no mask on this frame) by the
+        distance of their centres in units of the track's box diagonal; an object that moved
+        while occluded comes back with its id instead of as a new track."""
+        c = self.config
+        hidden = [t for t in ids if t not in matched.values() and self.tracks[t].box is not None
+                  and shown.get(t) is not None and (shown[t].box is None or shown[t].state != "tracked")]
+        free = [i for i in range(len(dets)) if i not in matched]
+        if c.reacquire_distance <= 0 or not hidden or not free:
+            return {}
+        refs = np.array([self.tracks[t].predict(frame) for t in hidden])
+        boxes = np.array([dets[i].box for i in free])
+        centre = lambda b: (b[:, :2] + b[:, 2:]) / 2  # noqa: E731
+        diag = np.hypot(refs[:, 2] - refs[:, 0], refs[:, 3] - refs[:, 1])
+        dist = np.linalg.norm(centre(boxes)[:, None] - centre(refs)[None], axis=-1) / np.maximum(diag, 1e-6)[None]
+        area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
+        ratio = area(boxes)[:, None] / np.maximum(area(refs), 1e-6)[None]
+        ok = (dist <= c.reacquire_distance) & (ratio > 0.25) & (ratio < 4.0)
+        for a, i in enumerate(free):
+            for b, t in enumerate(hidden):
+                if c.class_aware and dets[i].label and live[t] and dets[i].label != live[t]:
+                    ok[a, b] = False
+        out = {}
+        if ok.any():
+            cost = np.where(ok, dist, 1e6)
+            for a, b in zip(*linear_sum_assignment(cost)):
+                if ok[a, b]:
+                    out[free[a]] = hidden[b]
+        return out
 
     def _candidates(self, frame: int, dets: list[Detection], unmatched: list[int]) -> list[Action]:
         """Unmatched detections become tracks after ``min_hits`` consecutive arrays."""
