@@ -225,3 +225,15 @@ def test_an_object_that_moved_while_occluded_comes_back_with_its_id():
     off.created(1, (10, 10, 50, 50), 0)
     off.record(20, {1: TrackBox(None, state="lost")})
     assert kinds(off.associate(20, [Detection((50, 20, 90, 60), "", 0.9)], live={1: ""})) == [("create", 0, "")]
+
+
+def test_a_track_the_detector_lost_is_reacquired_even_if_its_mask_wanders():
+    """A weak model keeps a mask somewhere; two arrays without the object make it hidden."""
+    a = Associator()
+    a.created(1, (100, 100, 140, 140), 0)
+    for f in (3, 6):
+        a.record(f, {1: TrackBox((0, 0, 20, 20))})  # the mask went elsewhere
+        assert a.associate(f, [], live={1: ""}) == []
+    a.record(9, {1: TrackBox((0, 0, 20, 20))})
+    assert kinds(a.associate(9, [Detection((130, 110, 170, 150), "", 0.9)], live={1: ""})) == [("refine", 1, "")]
+    assert a.counts["reacquired"] == 1

@@ -26,6 +26,7 @@ from scipy.optimize import linear_sum_assignment
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
 MAX_PREDICT = 15  # frames a track's detection box is extrapolated at most
+HIDDEN_AFTER = 2  # arrays without a confirming box after which a track counts as hidden from the detector
 
 
 def _f(default, help: str, range=None, live: bool = True):
@@ -51,9 +52,9 @@ class AssociationConfig:
                        "track (1 = at once)", (1, 100))
     drop_after: int = _f(0, "drop a track after this many consecutive detection arrays that do not confirm it "
                          "(0 = never; applies to every track, prompted ones too)", (0, 100000))
-    reacquire_distance: float = _f(1.0, "a box no IoU matched may still re-acquire an occluded or lost track of its "
-                                   "class whose (predicted) box centre is within this many box diagonals "
-                                   "(0 = IoU only)", (0.0, 10.0))
+    reacquire_distance: float = _f(1.0, "a box no IoU matched may still re-acquire a hidden track (occluded, lost, "
+                                   "or unconfirmed in the last 2 arrays) of its class whose (predicted) box "
+                                   "centre is within this many box diagonals (0 = IoU only)", (0.0, 10.0))
     class_aware: bool = _f(True, "a detection matches only tracks of its class (tracks without a label match any)")
     use_detector_ids: bool = _f(True, "a detection carrying the detector's own id goes to the track that id "
                                 "matched before, whatever the IoU (class permitting)")
@@ -252,7 +253,8 @@ class Associator:
             for i, j in zip(*linear_sum_assignment(finite)):
                 if np.isfinite(cost[i, j]):
                     matched[int(i)] = ids[j]
-        matched.update(self._reacquire(frame, dets, matched, ids, live, shown))
+        again = self._reacquire(frame, dets, matched, ids, live, shown)
+        matched.update(again)
         actions: list[Action] = []
         for i, tid in matched.items():
             d, mem = dets[i], self.tracks[tid]
@@ -264,7 +266,7 @@ class Associator:
             tb = shown.get(tid)
             j = ids.index(tid)
             # no box recorded for it on this frame (a track still pending): nothing to judge
-            lost = tb is not None and (tb.box is None or tb.state != "tracked")
+            lost = i in again or (tb is not None and (tb.box is None or tb.state != "tracked"))
             drifted = tb is not None and not lost and mask_iou[i, j] < c.refine_iou
             if ((lost and c.refine_lost) or drifted) and frame - mem.last_refine >= c.refine_gap:
                 mem.last_refine = frame
@@ -273,33 +275,36 @@ class Associator:
                 actions.append(Action("refine", d.box, d.label, tid, d.det_id))
         unmatched = [i for i in range(len(dets)) if i not in matched]
         actions += self._candidates(frame, dets, unmatched)
-        if c.drop_after > 0:
-            confirmed = set(matched.values())
-            for tid in ids:
-                mem = self.tracks[tid]
-                if tid in confirmed:
-                    continue
-                mem.misses += 1
-                if mem.misses >= c.drop_after:
-                    self.counts["dropped"] += 1
-                    actions.append(Action("drop", track_id=tid))
+        confirmed = set(matched.values())
+        for tid in ids:
+            mem = self.tracks[tid]
+            if tid in confirmed:
+                continue
+            mem.misses += 1
+            if c.drop_after > 0 and mem.misses >= c.drop_after:
+                self.counts["dropped"] += 1
+                actions.append(Action("drop", track_id=tid))
         return actions
 
     def _reacquire(self, frame, dets, matched, ids, live, shown) -> dict[int, int]:
-        """Second stage: boxes no IoU matched, to hidden tracks (no mask on this frame) by the
-        distance of their centres in units of the track's box diagonal; an object that moved
-        while occluded comes back with its id instead of as a new track."""
+        """Second stage: boxes no IoU matched, to hidden tracks by the distance of their centres
+        in box diagonals (the larger of the two boxes); an object that moved while occluded
+        comes back with its id instead of as a new track. Hidden: no mask on this frame
+        (occluded, lost), or no box confirmed it in the last ``HIDDEN_AFTER`` arrays (the
+        detector lost it, whatever the mask shows)."""
         c = self.config
-        hidden = [t for t in ids if t not in matched.values() and self.tracks[t].box is not None
-                  and shown.get(t) is not None and (shown[t].box is None or shown[t].state != "tracked")]
+        hidden = [t for t in ids if t not in matched.values() and self.tracks[t].box is not None and (
+            self.tracks[t].misses >= HIDDEN_AFTER
+            or (shown.get(t) is not None and (shown[t].box is None or shown[t].state != "tracked")))]
         free = [i for i in range(len(dets)) if i not in matched]
         if c.reacquire_distance <= 0 or not hidden or not free:
             return {}
         refs = np.array([self.tracks[t].predict(frame) for t in hidden])
         boxes = np.array([dets[i].box for i in free])
         centre = lambda b: (b[:, :2] + b[:, 2:]) / 2  # noqa: E731
-        diag = np.hypot(refs[:, 2] - refs[:, 0], refs[:, 3] - refs[:, 1])
-        dist = np.linalg.norm(centre(boxes)[:, None] - centre(refs)[None], axis=-1) / np.maximum(diag, 1e-6)[None]
+        diag = lambda b: np.hypot(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])  # noqa: E731
+        scale = np.maximum(diag(boxes)[:, None], diag(refs)[None])
+        dist = np.linalg.norm(centre(boxes)[:, None] - centre(refs)[None], axis=-1) / np.maximum(scale, 1e-6)
         area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
         ratio = area(boxes)[:, None] / np.maximum(area(refs), 1e-6)[None]
         ok = (dist <= c.reacquire_distance) & (ratio > 0.25) & (ratio < 4.0)
