@@ -339,6 +339,8 @@ class TrackerNode(LifecycleNode):
                 self._report_once(f"step_failed:{type(exc).__name__}", f"frame failed: {exc!r}")
 
     def _publish(self, header, rgb, result: FrameResult) -> None:
+        if self.detections is not None:  # before anything goes out: a client may answer with boxes at once
+            self.detections.record(result)
         out = TrackArray(header=header)
         for oid, r in sorted(result.objects.items()):
             t = Track(id=oid, label=r.label, state=STATE_CODES[r.state], predicted_iou=float(r.iou),
@@ -424,10 +426,8 @@ class TrackerNode(LifecycleNode):
                                    f"detections.drop_after={self.detections.assoc.config.drop_after} arrays")
 
     def _publish_detections(self, header, result: FrameResult) -> None:
-        if self.detections is None:
-            return
-        self.detections.record(result)
-        self._pub_handles["tracked_detections"].publish(tracked_detections_msg(header, result))
+        if self.detections is not None:
+            self._pub_handles["tracked_detections"].publish(tracked_detections_msg(header, result))
 
 
 def main(args: list[str] | None = None) -> int:
