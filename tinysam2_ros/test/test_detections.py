@@ -263,5 +263,13 @@ def test_demo_with_a_simulated_detector(tmp_path, capsys):
     assert f"one track per object: {n} of {n} objects" in out  # association: each object's boxes, one track
     assert "tracks made from false positives only: none" in out
     assert "J&F" in out and "detection arrays sent" in out
+    # the overlay video's first frame (no track yet) is the input image in its own colours, not R/B swapped
+    video = cv2.VideoCapture(str(tmp_path / "overlay.mp4"))
+    ok, first = video.read()
+    assert ok
+    src = cv2.imread(str(sorted((tmp_path / "data" / "JPEGImages").glob("*/*.jpg"))[0]))
+    same = np.abs(first.astype(int) - src.astype(int)).mean()
+    swapped = np.abs(first.astype(int) - src[..., ::-1].astype(int)).mean()
+    assert same < 10 < swapped, (same, swapped)
     assert main(["demo", "--detector", "--video", str(tmp_path), "--box", "1,1,5,5"]) == 2
     assert "--detector" in capsys.readouterr().err
