@@ -1,6 +1,6 @@
 """Start tinysam2_ros's tracker_node (and optionally RViz) for one camera.
 
-    ros2 launch tinysam2_ros track.launch.py image:=/camera/color/image_raw \
+    ros2 launch tinysam2_ros track.launch.py image:=/camera/color/image_raw detections:=/yolo/detections \
         checkpoint:=/path/edgetam.pt preset:=edgetam namespace:=front use_rviz:=true
 
 Several cameras: launch once per camera with its own namespace.
@@ -36,7 +36,9 @@ def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("tinysam2_ros")
     args = [
         DeclareLaunchArgument("image", default_value="image", description="camera image topic"),
-        DeclareLaunchArgument("prompts", default_value="prompts", description="PromptArray topic (detector)"),
+        DeclareLaunchArgument("prompts", default_value="prompts", description="PromptArray topic"),
+        DeclareLaunchArgument("detections", default_value="detections",
+                              description="vision_msgs/Detection2DArray topic of a detector (docs/detections.md)"),
         DeclareLaunchArgument("params_file", default_value=os.path.join(share, "config", "tracker.yaml"),
                               description="parameter file"),
         DeclareLaunchArgument("preset", default_value="tinysam2", description="model preset"),
@@ -64,6 +66,7 @@ def generate_launch_description() -> LaunchDescription:
                 "engine_dir": LaunchConfiguration("engine_dir"),
             },
         ],
-        remappings=[("image", LaunchConfiguration("image")), ("prompts", LaunchConfiguration("prompts"))],
+        remappings=[("image", LaunchConfiguration("image")), ("prompts", LaunchConfiguration("prompts")),
+                    ("detections", LaunchConfiguration("detections"))],
     )
     return LaunchDescription(args + [node, OpaqueFunction(function=_rviz, args=[share])])

@@ -155,7 +155,7 @@ def test_show_args_lists_the_launch_arguments():
     out = subprocess.run(["ros2", "launch", "tinysam2_ros", "track.launch.py", "--show-args"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    for arg in ("image", "prompts", "preset", "checkpoint", "backend", "namespace", "use_rviz"):
+    for arg in ("image", "prompts", "detections", "preset", "checkpoint", "backend", "namespace", "use_rviz"):
         assert f"'{arg}'" in out.stdout
 
 
@@ -163,7 +163,8 @@ def test_show_args_lists_the_launch_arguments():
     ("", []),
     ("front", ["backend:=torch"]),
     ("", ["use_rviz:=true"]),
-], ids=["plain", "namespace+backend", "rviz_missing"])
+    ("", ["detections:=/yolo/detections"]),
+], ids=["plain", "namespace+backend", "rviz_missing", "detections_remap"])
 def test_ros2_launch_tracks_a_prompted_object(checkpoint, namespace, extra):
     domain = next(_DOMAINS)
     image_topic = "/camera/color/image_raw"
@@ -181,6 +182,8 @@ def test_ros2_launch_tracks_a_prompted_object(checkpoint, namespace, extra):
     assert got, f"no track with a mask came out of the launched node:\n{out[-3000:]}"
     if "use_rviz:=true" in extra and shutil.which("rviz2") is None:
         assert "rviz2 is not installed" in out
+    if "detections:=/yolo/detections" in extra:
+        assert "detector input on /yolo/detections" in out, out[-3000:]
     assert not _group_alive(launch.proc.pid), f"processes left behind by ros2 launch:\n{out[-2000:]}"
     assert "Traceback" not in out and "Failed to publish" not in out, out[-3000:]
     assert rc == 0, f"ros2 launch exited with {rc}:\n{out[-3000:]}"

@@ -150,6 +150,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"tinysam2 demo: {exc}", file=sys.stderr)
         return 2
+    if args.detector and args.video:
+        print("tinysam2 demo: --detector simulates a detector from annotations; --video has none (use --data or "
+              "the generated video)", file=sys.stderr)
+        return 2
     if args.video:
         from .ros.video_source import FrameReader
 
@@ -187,6 +191,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         source = f"{root}/{seq}"
     params = {f"memory.{k}": v for k, v in _memory_overrides(args).items()}
     params["device"] = args.device
+    if args.detector:
+        return _demo_with_detector(args, frames, gt, out, preset, checkpoint, params, source)
     print(f"demo: {len(frames)} frames of {source}, {prompt_kind} prompts, preset {preset}, "
           f"weights {checkpoint or 'random'}")
     res = run_demo(frames, prompts, gt, out, preset, checkpoint, params=params)
@@ -199,6 +205,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     print(f"memory tokens per object per frame: {res.memory_tokens:.0f} "
           f"({100 * res.memory_tokens / SAM21_MEMORY_TOKENS:.2f}% of SAM 2.1's {SAM21_MEMORY_TOKENS})")
+    print(f"ms per frame (end to end through ROS, {args.device}): {res.ms_per_frame:.1f}")
+    return 0
+
+
+def _demo_with_detector(args, frames, gt, out, preset, checkpoint, params, source) -> int:
+    """``demo --detector``: the tracks come from simulated detector boxes on ``detections``."""
+    from .evaluation.sim_detector import DetectorSim, simulate_detections
+    from .ros.demo import run_demo
+
+    sim = DetectorSim(every=args.detector_every, seed=args.detector_seed)
+    arrays = simulate_detections(gt, len(frames), sim)
+    params["detections.min_hits"] = args.min_hits
+    params["detections.use_detector_ids"] = False  # the simulated ids name the true object: for the report only
+    print(f"demo: {len(frames)} frames of {source}, simulated detector on 'detections' ({sim.describe()}), "
+          f"detections.min_hits {args.min_hits}, preset {preset}, weights {checkpoint or 'random'}")
+    try:
+        res = run_demo(frames, {}, gt, out, preset, checkpoint, params=params, detections=arrays)
+    except RuntimeError as exc:
+        print(f"tinysam2 demo: {exc}", file=sys.stderr)
+        return 2
+    print(f"overlay video: {res.overlay_path}")
+    c = res.counts
+    print(f"detection arrays sent {res.arrays_sent}; the node: associated {c['detections_arrays']}, matched "
+          f"{c['detections_matched']}, created {c['detections_created']}, refined {c['detections_refined']} "
+          f"(re-acquired {c['detections_reacquired']}, drift {c['detections_drift_refined']}), dropped "
+          f"{c['detections_dropped']}; ignored: " + (", ".join(f"{k[len('detections_ignored_'):]} {v}" for k, v in c.items()
+                                                          if k.startswith("detections_ignored_")) or "none"))
+    stable = sum(len(t) == 1 for t in res.tracks_per_object.values())
+    for oid, tids in sorted(res.tracks_per_object.items()):
+        print(f"object {oid}: its boxes went to track(s) {tids or 'none'}")
+    print(f"one track per object: {stable} of {len(res.tracks_per_object)} objects; tracks made from false "
+          f"positives only: {res.tracks_on_nothing or 'none'}")
+    if res.jf.get("objects"):
+        print(f"J&F {res.jf['JF']:.3f} (J {res.jf['J']:.3f}, F {res.jf['F']:.3f}) over {res.jf['objects']} "
+              "object(s), each by its longest track")
     print(f"ms per frame (end to end through ROS, {args.device}): {res.ms_per_frame:.1f}")
     return 0
 
@@ -315,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="256x256", help="HxW of the generated video (default 256x256)")
     p.add_argument("--seed", type=int, default=1000, help="seed of the generated video (default 1000, held out)")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--detector", action="store_true",
+                   help="no prompts: a simulated detector (the annotations' boxes every k-th frame, jittered, some "
+                        "missed, some late, an occasional false positive) publishes vision_msgs on 'detections' "
+                        "and the node's association makes the tracks; prints track ids per object and the counts")
+    p.add_argument("--detector-every", type=int, default=3, help="--detector: an array every k-th frame (default 3)")
+    p.add_argument("--detector-seed", type=int, default=0, help="--detector: seed of its noise (default 0)")
+    p.add_argument("--min-hits", type=int, default=2,
+                   help="--detector: detections.min_hits, consecutive arrays before a new track (default 2)")
     _add_memory_args(p)
     p.set_defaults(func=_cmd_demo)
 

@@ -88,6 +88,20 @@ def param_specs(cls, prefix: str) -> tuple[ParamSpec, ...]:
     return tuple(specs)
 
 
+def default_param_specs(cls, prefix: str) -> tuple[ParamSpec, ...]:
+    """ROS parameters ``<prefix><field>`` of a settings dataclass that has no preset
+    (e.g. detector association): each starts at the field's own default."""
+    specs = []
+    for f in dataclasses.fields(cls):
+        md = f.metadata
+        if "help" not in md:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        specs.append(ParamSpec(name=prefix + f.name, default=default, description=md["help"],
+                               live=bool(md.get("live", False)), range=md.get("range"), choices=md.get("choices")))
+    return tuple(specs)
+
+
 def param_overrides(values: dict[str, Any], cls, prefix: str) -> dict[str, Any]:
     """Settings of ``cls`` set by parameters: prefix stripped, unset values left out."""
     out = {}

@@ -8,6 +8,11 @@ DAVIS semi-supervised evaluation; or their tight boxes, or one click inside each
 scores the ``masks`` label images it publishes (one id per pixel, what ``tinysam2 eval``
 scores), writes the ``overlay`` images to a video, and finally prints J&F (when
 annotations exist), memory tokens per object and milliseconds per frame.
+
+With a simulated detector (``--detector``) nothing is prompted through the service: boxes
+made from the annotations go out on ``detections`` (vision_msgs) after the frame they were
+made on, or a few frames later, and the node's association creates and refines the tracks;
+the report then says which track followed which object (one id per object is the aim).
 """
 from __future__ import annotations
 
@@ -43,6 +48,11 @@ class DemoResult:
     memory_tokens: float = 0.0
     ms_per_frame: float = 0.0
     overlay_path: Path | None = None
+    tracks_per_object: dict = field(default_factory=dict)  # detector mode: object -> track ids that followed it
+    tracks_on_nothing: list = field(default_factory=list)
+    counts: dict = field(default_factory=dict)  # detector mode: the node's detections_* diagnostics
+    arrays_sent: int = 0
+    assignments: dict = field(default_factory=dict)  # (detector id, track id) -> boxes associated
 
 
 class DemoDriver(Node):
@@ -60,6 +70,7 @@ class DemoDriver(Node):
         self.create_subscription(Image, "masks", self._on_masks, RELIABLE)
         self.create_subscription(Image, "overlay", self._on_overlay, RELIABLE)
         self.add = self.create_client(AddPrompts, "tracker_node/add_prompts")
+        self.det_pub = None
 
     def _idx(self, header) -> int | None:
         return self._stamp_to_idx.get((header.stamp.sec, header.stamp.nanosec))
@@ -85,6 +96,28 @@ class DemoDriver(Node):
         self._stamp_to_idx[(header.stamp.sec, header.stamp.nanosec)] = i
         self.pub.publish(rgb_to_image_msg(self.frames[i], header, encoding="bgr8"))
 
+    def publish_detections(self, made_on: int, boxes) -> None:
+        """One vision_msgs/Detection2DArray stamped with the frame the boxes were made on."""
+        from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+        if self.det_pub is None:
+            self.det_pub = self.create_publisher(Detection2DArray, "detections", RELIABLE)
+        stamp = next(k for k, v in self._stamp_to_idx.items() if v == made_on)
+        msg = Detection2DArray()
+        msg.header.frame_id = "demo_camera"
+        msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
+        for (x1, y1, x2, y2), label, score, source in boxes:
+            # the annotated object a box came from rides in the detector's id, for the report
+            # only: the demo runs the node with detections.use_detector_ids false
+            d = Detection2D(header=msg.header, id=f"object{source}" if source else "")
+            d.bbox.center.position.x, d.bbox.center.position.y = (x1 + x2) / 2, (y1 + y2) / 2
+            d.bbox.size_x, d.bbox.size_y = x2 - x1, y2 - y1
+            hyp = ObjectHypothesisWithPose()
+            hyp.hypothesis.class_id, hyp.hypothesis.score = label, score
+            d.results.append(hyp)
+            msg.detections.append(d)
+        self.det_pub.publish(msg)
+
 
 def _label_ids(msg: Image) -> np.ndarray:
     """The node's mono16 label image as an ``H x W`` array of track ids."""
@@ -92,6 +125,17 @@ def _label_ids(msg: Image) -> np.ndarray:
         raise ValueError(f"masks: expected a mono16 label image, got {msg.encoding}")
     dtype = ">u2" if msg.is_bigendian else "<u2"
     return np.frombuffer(bytes(msg.data), dtype).reshape(msg.height, msg.step // 2)[:, : msg.width].copy()
+
+
+def _full_mask(track, shape) -> np.ndarray:
+    """A Track's cropped mono8 mask placed back into a full-size boolean image."""
+    out = np.zeros(shape, dtype=bool)
+    m = track.mask
+    if m.width and m.height:
+        crop = np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.step)[:, : m.width] > 0
+        x, y = track.box.x_offset, track.box.y_offset
+        out[y : y + m.height, x : x + m.width] = crop
+    return out
 
 
 def _wait(executor, predicate, timeout: float) -> bool:
@@ -113,6 +157,7 @@ def run_demo(
     checkpoint: str | None,
     params: dict | None = None,
     log=print,
+    detections: dict | None = None,  # publish frame -> [(made on frame, boxes)] (sim_detector); replaces prompts
 ) -> DemoResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     overrides = {"preset": preset, "checkpoint": checkpoint or "", "image_qos": "reliable", **(params or {})}
@@ -122,6 +167,8 @@ def run_demo(
     node = TrackerNode(parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
     if node.session is None:
         raise RuntimeError("tracker_node failed to configure (see the log above)")
+    if detections is not None and node.detections is None:
+        raise RuntimeError("--detector needs vision_msgs, which is not importable here")
     driver = DemoDriver(frames)
     executor = rclpy.executors.MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
@@ -135,7 +182,13 @@ def run_demo(
             driver.publish(i)
             if not _wait(executor, lambda: i in driver.tracks and i in driver.labels, timeout=120.0):
                 raise RuntimeError(f"no tracks and label image for frame {i} within 120 s")
-            if i == 0:
+            if detections is not None:
+                for made_on, boxes in detections.get(i, []):
+                    driver.publish_detections(made_on, boxes)
+                    result.arrays_sent += 1
+                if not _wait(executor, lambda: node.detections.handled >= result.arrays_sent, timeout=30.0):
+                    raise RuntimeError(f"the node did not take the detections of frame {i} within 30 s")
+            elif i == 0:
                 req = AddPrompts.Request()
                 for oid, p in sorted(prompts.items()):
                     msg = Prompt(obj_id=oid, label=f"object {oid}", action=Prompt.ACTION_ADD)
@@ -157,6 +210,9 @@ def run_demo(
                     raise RuntimeError(f"prompts refused: {None if res is None else res.message}")
                 log(f"prompted {len(res.obj_ids)} object(s) on frame 0 (first masks found: {list(res.found)})")
         elapsed = time.time() - t_start
+        if detections is not None:
+            result.counts = node.detections.diagnostics()
+            result.assignments = dict(node.detections.assoc.assignments)
         _wait(executor, lambda: len(driver.overlays) >= len(frames) - 1, timeout=5.0)
     finally:
         # Stop the node's worker before the executor: a frame it publishes after the
@@ -174,7 +230,9 @@ def run_demo(
     result.ms_per_frame = 1e3 * elapsed / len(frames)
     tokens = [t.memory_tokens for i, m in driver.tracks.items() if i > 0 for t in m.tracks]
     result.memory_tokens = float(np.mean(tokens)) if tokens else 0.0
-    if gt:
+    if gt and detections is not None:
+        _score_detector_run(result, driver, gt, frames, (h, w))
+    elif gt:
         scored = sorted(gt)
         for oid in prompts:
             result.per_object[oid] = j_and_f([driver.labels[i] == oid for i in scored], [gt[i] == oid for i in scored])
@@ -182,11 +240,31 @@ def run_demo(
     path = out_dir / "overlay.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (w, h))
     for i in range(len(frames)):
-        bgr = driver.overlays.get(i)
-        writer.write(bgr if bgr is not None else cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR))
+        rgb = driver.overlays.get(i)  # image_msg_to_rgb gave RGB; the writer takes BGR
+        writer.write(cv2.cvtColor(rgb if rgb is not None else frames[i], cv2.COLOR_RGB2BGR))
     writer.release()
     result.overlay_path = path
     return result
+
+
+def _score_detector_run(result: DemoResult, driver: DemoDriver, gt, frames, hw) -> None:
+    """Which track each object's boxes went to (by the association, not by masks), and J&F
+    of each object's main track (the one most of its boxes went to)."""
+    pred = {i: {t.id: _full_mask(t, hw) for t in msg.tracks} for i, msg in driver.tracks.items()}
+    objects = sorted({int(v) for g in gt.values() for v in np.unique(g) if v not in (0, 255)})
+    per_object: dict[int, dict[int, int]] = {oid: {} for oid in objects}
+    tracks = {tid for (_, tid) in result.assignments}
+    for (det_id, tid), n in result.assignments.items():
+        if det_id.startswith("object"):
+            per_object[int(det_id[6:])][tid] = per_object[int(det_id[6:])].get(tid, 0) + n
+    result.tracks_per_object = {oid: sorted(t) for oid, t in per_object.items()}
+    result.tracks_on_nothing = sorted(tracks - {t for m in per_object.values() for t in m})
+    scored = sorted(gt)
+    for oid in objects:
+        main = max(per_object[oid], key=per_object[oid].get, default=None)
+        masks = [pred.get(i, {}).get(main, np.zeros(hw, bool)) for i in scored]
+        result.per_object[oid] = j_and_f(masks, [gt[i] == oid for i in scored])
+    result.jf = summarize(result.per_object.values())
 
 
 def load_davis_sequence(

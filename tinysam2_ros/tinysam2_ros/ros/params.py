@@ -11,11 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from ..memory.config import MemoryConfig
-from ..settings import ParamSpec, param_overrides, param_specs
+from ..settings import ParamSpec, default_param_specs, param_overrides, param_specs
+from ..tracking.association import AssociationConfig
 
+DETECTION_PREFIX = "detections."
+MEMORY_PREFIX = "memory."
 # parameter prefix -> settings dataclass; unset ('' / -1) = the preset's value
 SECTIONS: dict[str, type] = {
-    "memory.": MemoryConfig,
+    MEMORY_PREFIX: MemoryConfig,
+}
+# parameter prefix -> settings dataclass without a preset: parameters start at its defaults
+DEFAULTED_SECTIONS: dict[str, type] = {
+    DETECTION_PREFIX: AssociationConfig,
 }
 
 _NODE_PARAMS: tuple[ParamSpec, ...] = (
@@ -55,10 +62,18 @@ _NODE_PARAMS: tuple[ParamSpec, ...] = (
               range=(0.01, 600.0)),
 )
 
-PARAMS: tuple[ParamSpec, ...] = _NODE_PARAMS + tuple(s for prefix, cls in SECTIONS.items()
-                                                     for s in param_specs(cls, prefix))
+PARAMS: tuple[ParamSpec, ...] = (
+    _NODE_PARAMS
+    + tuple(s for prefix, cls in SECTIONS.items() for s in param_specs(cls, prefix))
+    + tuple(s for prefix, cls in DEFAULTED_SECTIONS.items() for s in default_param_specs(cls, prefix))
+)
 SPECS = {p.name: p for p in PARAMS}
-MEMORY_PREFIX = "memory."
+
+
+def association_config(values: dict[str, Any]) -> AssociationConfig:
+    """The AssociationConfig the ``detections.*`` parameters describe."""
+    return AssociationConfig(**{k[len(DETECTION_PREFIX):]: v for k, v in values.items()
+                                if k.startswith(DETECTION_PREFIX)})
 
 
 def validate(name: str, value: Any, configured: bool) -> str | None:

@@ -9,9 +9,10 @@ Topics (relative names, remap or namespace them per camera):
   in:  image (sensor_msgs/Image, or image/compressed), prompts (PromptArray: boxes, points
        or masks),
        <image>_mouse_left and overlay_mouse_left (geometry_msgs/Point clicks)
+       detections (vision_msgs/Detection2DArray from a detector; see docs/detections.md)
   out: tracks (TrackArray), masks (mono16 label image, pixel = track id; overlaps go to the
        highest logit, as SAM 2 writes DAVIS results),
-       overlay (bgr8), /diagnostics
+       overlay (bgr8), tracked_detections (vision_msgs/Detection2DArray), /diagnostics
 Services: ~/add_prompts (AddPrompts), ~/remove_object (RemoveObject), ~/reset (std_srvs/Trigger)
 """
 from __future__ import annotations
@@ -33,17 +34,18 @@ from std_srvs.srv import Trigger
 from ..tracking.tracker import FrameResult
 from tinysam2_ros_msgs.msg import PromptArray, Track, TrackArray
 from tinysam2_ros_msgs.srv import AddPrompts, RemoveObject
+from .detections import VISION_MSGS, VISION_MSGS_ERROR, Detection2DArray, DetectionInput, tracked_detections_msg
 from .image_codec import (
     ImageDecodeError,
+    bgr_to_image_msg,
     compressed_msg_to_rgb,
     image_msg_to_mask,
     image_msg_to_rgb,
     mono_to_image_msg,
-    rgb_to_image_msg,
 )
 from .device_check import device_problem
 from .limits import PromptLimits, compressed_refusal, image_size_refusal
-from .params import PARAMS, SPECS, memory_overrides, validate
+from .params import PARAMS, SPECS, association_config, memory_overrides, validate
 from .render import crop_mask, draw_overlay, label_image
 from .session import PromptRequest, SessionBusy, TrackingSession
 
@@ -93,6 +95,8 @@ class TrackerNode(LifecycleNode):
         self._diag_timer = None
         self._reported: set[str] = set()
         self._configured = False
+        self.detections: DetectionInput | None = None
+        self._det_reported: set[str] = set()
         if self.get_parameter("autostart").value:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 self.trigger_activate()
@@ -140,6 +144,7 @@ class TrackerNode(LifecycleNode):
         tr.config.memory = mem
         tr.config.lost_after = int(values["lost_after"])
         tr.config.stamp_tolerance = float(values["stamp_tolerance"])
+        self._apply_live_detections(values)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -190,6 +195,9 @@ class TrackerNode(LifecycleNode):
         ]
         self._diag_timer = self.create_timer(v["diagnostics_period"], self._publish_diagnostics,
                                              callback_group=MutuallyExclusiveCallbackGroup())
+        if not self._configure_detections(v):
+            self._release()
+            return TransitionCallbackReturn.FAILURE
         self._configured = True
         self.get_logger().info(
             f"configured: preset {v['preset']}, backend {v['backend']} on {v['device']}, memory {config.memory.compression}"
@@ -199,13 +207,15 @@ class TrackerNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         v = self._param_values()
         image_qos = qos_profile_sensor_data if v["image_qos"] == "sensor_data" else RELIABLE
-        if v["image_transport"] == "compressed":
-            self._sub_handles.append(self.create_subscription(CompressedImage, "image/compressed", self._on_image, image_qos))
+        if v["image_transport"] == "compressed":  # remapping applies to exact names: resolve the base name first
+            compressed = self.resolve_topic_name("image") + "/compressed"
+            self._sub_handles.append(self.create_subscription(CompressedImage, compressed, self._on_image, image_qos))
         else:
             self._sub_handles.append(self.create_subscription(Image, "image", self._on_image, image_qos))
         self._sub_handles.append(self.create_subscription(
             PromptArray, "prompts", self._on_prompts,
             QoSProfile(depth=v["prompt_queue_depth"], reliability=ReliabilityPolicy.RELIABLE)))
+        self._activate_detections()
         image_topic = self.resolve_topic_name("image")
         for click_topic in (image_topic + "_mouse_left", self.resolve_topic_name("overlay") + "_mouse_left"):
             self._sub_handles.append(self.create_subscription(Point, click_topic, self._on_click, RELIABLE))
@@ -256,6 +266,7 @@ class TrackerNode(LifecycleNode):
             self.destroy_timer(self._diag_timer)
             self._diag_timer = None
         self.session = None
+        self.detections = None
         self._configured = False
 
     # ------------------------------------------------------------------ inputs
@@ -420,6 +431,8 @@ class TrackerNode(LifecycleNode):
                 self._report_once(f"step_failed:{type(exc).__name__}", f"frame failed: {exc!r}")
 
     def _publish(self, header, rgb, result: FrameResult) -> None:
+        if self.detections is not None:  # before anything goes out: a client may answer with boxes at once
+            self.detections.record(result)
         out = TrackArray(header=header)
         for oid, r in sorted(result.objects.items()):
             t = Track(id=oid, label=r.label, state=STATE_CODES[r.state], predicted_iou=float(r.iou),
@@ -438,7 +451,8 @@ class TrackerNode(LifecycleNode):
         overlay = self._pub_handles["overlay"]
         if self.get_parameter("publish_overlay").value and overlay.get_subscription_count() > 0:
             tracks = [(oid, r.label, r.state, r.mask, r.box_xyxy) for oid, r in sorted(result.objects.items())]
-            overlay.publish(rgb_to_image_msg(draw_overlay(rgb, tracks), header, encoding="bgr8"))
+            overlay.publish(bgr_to_image_msg(draw_overlay(rgb, tracks), header, encoding="bgr8"))  # already BGR
+        self._publish_detections(header, result)
 
     def _publish_diagnostics(self) -> None:
         if self.session is None:
@@ -446,6 +460,8 @@ class TrackerNode(LifecycleNode):
         values = self.session.diagnostics()
         values["backend"] = f"{self.get_parameter('backend').value} ({self.get_parameter('device').value})"
         values["lifecycle"] = "active" if self._running.is_set() else "inactive"
+        values.update(self.detections.diagnostics() if self.detections is not None else
+                      {"detections_input": "off (vision_msgs not importable)"})
         status = DiagnosticStatus(
             level=DiagnosticStatus.OK, name=f"{self.get_name()}: tracker", hardware_id=self.get_fully_qualified_name(),
             message="ok" if not any(k.startswith("errors_") for k in values) else "input errors (see values)",
@@ -456,6 +472,54 @@ class TrackerNode(LifecycleNode):
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
         self._pub_handles["diagnostics"].publish(msg)
+
+    # ------------------------------------------------------------------ detector input (issue 21)
+    def _configure_detections(self, v: dict[str, Any]) -> bool:
+        """The association and the tracked_detections publisher (nothing without vision_msgs)."""
+        if not VISION_MSGS:
+            self.get_logger().warning(
+                f"vision_msgs is not importable ({VISION_MSGS_ERROR}): the 'detections' input and the "
+                "'tracked_detections' output are OFF (install ros-$ROS_DISTRO-vision-msgs to use a detector)")
+            return True
+        try:
+            self.detections = DetectionInput(self.session, association_config(v))
+        except ValueError as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return False
+        self._pub_handles["tracked_detections"] = self.create_lifecycle_publisher(
+            Detection2DArray, "tracked_detections", RELIABLE)
+        return True
+
+    def _activate_detections(self) -> None:
+        if self.detections is not None:
+            self._sub_handles.append(self.create_subscription(
+                Detection2DArray, "detections", self._on_detections, RELIABLE))
+            self.get_logger().info(f"detector input on {self.resolve_topic_name('detections')}")
+
+    def _apply_live_detections(self, values: dict[str, Any]) -> None:
+        if self.detections is not None:
+            config = association_config(values)
+            config.validate()
+            self.detections.assoc.config = config
+
+    def _on_detections(self, msg) -> None:
+        if self.detections is None:
+            return
+        out = self.detections.handle(msg)
+        for cause, reason in out.refused:
+            if cause not in self._det_reported:
+                self._det_reported.add(cause)
+                self.get_logger().warning(f"{reason} (reported once per cause; all are counted in /diagnostics as "
+                                          f"detections_ignored_{cause})")
+        for oid in out.created:
+            self.get_logger().info(f"detection starts track {oid}")
+        for oid in out.dropped:
+            self.get_logger().info(f"track {oid} dropped: no detection confirmed it for "
+                                   f"detections.drop_after={self.detections.assoc.config.drop_after} arrays")
+
+    def _publish_detections(self, header, result: FrameResult) -> None:
+        if self.detections is not None:
+            self._pub_handles["tracked_detections"].publish(tracked_detections_msg(header, result))
 
 
 def main(args: list[str] | None = None) -> int:
