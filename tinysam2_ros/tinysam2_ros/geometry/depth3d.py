@@ -3,8 +3,10 @@
 Why robust: mask borders bleed onto the background (and depth cameras smear edges), so
 the mean of the masked depth is pulled backwards. The mask is eroded first, pixels with
 invalid depth (0, NaN, inf, outside [min_range, max_range]) are dropped, points farther
-than a MAD gate from the median depth are dropped, and the position is the per-axis
-median of what is left; the extent is a percentile box of the same points.
+than a MAD gate from the median depth are trimmed, and the position is the mean of what
+is left (a trimmed mean: the centroid of the object's visible surface, which a per-axis
+median is not for asymmetric shapes; with the gate off it is the per-axis median); the
+extent is a percentile box of the same points.
 
 Camera model: pinhole from ``K`` (or ``P`` for rectified images). Distortion: with
 ``undistort`` on and non-zero ``D`` the pixel rays come from ``cv2.undistortPoints``
@@ -79,7 +81,7 @@ class Estimate3D:
     """One track's 3D on one frame (metres, camera frame: x right, y down, z forward)."""
 
     quality: int = QUALITY_NONE
-    position: np.ndarray | None = None  # robust position (per-axis median of the inliers)
+    position: np.ndarray | None = None  # robust position (mean of the depth-gated inliers)
     box_min: np.ndarray | None = None  # percentile box
     box_max: np.ndarray | None = None
     valid_points: int = 0  # sampled mask pixels with valid depth
@@ -273,7 +275,10 @@ def estimate_track(mask: np.ndarray, depth: np.ndarray, camera: CameraModel, cfg
     pts[:, 0] = ray[:, 0] * z
     pts[:, 1] = ray[:, 1] * z
     pts[:, 2] = z
-    out.position = np.median(pts, axis=0).astype(np.float64)
+    if cfg.outlier_mad > 0:  # the gate trimmed the outliers: the mean of the rest is the surface centroid
+        out.position = pts.mean(axis=0, dtype=np.float64)
+    else:
+        out.position = np.median(pts, axis=0).astype(np.float64)
     p = float(cfg.extent_percentile)
     lo, hi = np.percentile(pts, [p, 100.0 - p], axis=0)
     out.box_min, out.box_max = lo.astype(np.float64), hi.astype(np.float64)

@@ -62,6 +62,34 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", range=(0.1, 60.0)),
 )
 
+# --- 3D from depth (issue 22): one parameter per Depth3DConfig field, named depth3d.<field>
+DEPTH3D_PREFIX = "depth3d."
+
+
+def _depth3d_specs() -> tuple[ParamSpec, ...]:
+    from dataclasses import fields
+
+    from ..geometry.depth3d import Depth3DConfig
+
+    return tuple(
+        ParamSpec(DEPTH3D_PREFIX + f.name, f.default, f.metadata["help"], live=f.metadata["live"],
+                  range=f.metadata["range"], choices=f.metadata["choices"])
+        for f in fields(Depth3DConfig)
+    )
+
+
+def depth3d_config(values: dict[str, Any]):
+    """The Depth3DConfig that the depth3d.* parameter values give (ValueError if inconsistent)."""
+    from ..geometry.depth3d import Depth3DConfig
+
+    cfg = Depth3DConfig(**{k[len(DEPTH3D_PREFIX):]: v for k, v in values.items() if k.startswith(DEPTH3D_PREFIX)})
+    cfg.validate()
+    return cfg
+
+
+PARAMS = PARAMS + _depth3d_specs()
+# --- end 3D
+
 SPECS = {p.name: p for p in PARAMS}
 MEMORY_PREFIX = "memory."
 
