@@ -430,10 +430,14 @@ class TrackerNode(LifecycleNode):
 
         try:
             frame = self._depth3d.process(header, result)
-            return self._depth3d.messages(header, result, frame)
         except DepthError as exc:
             self._report_once(exc.cause, f"no 3D for this frame: {exc}")
             return None
+        try:
+            self._depth3d.messages(header, result, frame)
+        except DepthError as exc:  # e.g. no transform to depth3d.target_frame: the Track fields still get 3D
+            self._report_once(exc.cause, f"no tracks_3d / markers for this frame: {exc}")
+        return frame
 
     def _fill_track_3d(self, track, frame3d) -> None:
         from .outputs3d import fill_track
