@@ -138,7 +138,7 @@ def test_distortion_is_corrected_by_rays():
     true = np.array([[0.3, -0.2, 2.0], [-0.35, 0.25, 2.0]])
     pix, _ = cv2.projectPoints(true, np.zeros(3), np.zeros(3), K, D)
     for (u, v), p in zip(np.round(pix.reshape(-1, 2)).astype(int), true):
-        ray = cam.rays()[v, u]
+        ray = cam.rays()[:, v, u]
         # rounding the pixel moves the point by at most half a pixel at 2 m
         assert np.hypot(ray[0] * 2.0 - p[0], ray[1] * 2.0 - p[1]) < 2.0 / 150.0
     plain = CameraModel(K, W, H, D, "plumb_bob", undistort=False)

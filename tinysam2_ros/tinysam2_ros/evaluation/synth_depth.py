@@ -64,5 +64,6 @@ def truth_position(frame: SynthFrame, depth_m: np.ndarray, camera: CameraModel, 
     if ys.size == 0:
         return None
     z = depth_m[ys, xs].astype(np.float64)
-    ray = camera.rays()[ys, xs].astype(np.float64)
-    return np.array([np.mean(ray[:, 0] * z), np.mean(ray[:, 1] * z), np.mean(z)])
+    rays = camera.rays()
+    rx, ry = rays[0][ys, xs].astype(np.float64), rays[1][ys, xs].astype(np.float64)
+    return np.array([np.mean(rx * z), np.mean(ry * z), np.mean(z)])

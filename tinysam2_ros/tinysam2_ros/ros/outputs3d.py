@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 from geometry_msgs.msg import Point, Vector3
 from sensor_msgs.msg import PointCloud2, PointField
+from std_msgs.msg import ColorRGBA
 from visualization_msgs.msg import Marker, MarkerArray
 
 from ..geometry.depth3d import (
@@ -79,38 +80,42 @@ def fill_track(track, est: Estimate3D | None) -> None:
         return
     track.quality_3d = est.quality
     track.valid_points = est.valid_points
-    track.position = Point(x=float(est.position[0]), y=float(est.position[1]), z=float(est.position[2]))
-    c, s = est.box_center, est.size
-    track.box_center = Point(x=float(c[0]), y=float(c[1]), z=float(c[2]))
-    track.size = Vector3(x=float(s[0]), y=float(s[1]), z=float(s[2]))
+    _set_xyz(track.position, est.position)
+    _set_xyz(track.box_center, est.box_center)
+    _set_xyz(track.size, est.size)
 
 
-def detections_msg(header, items: list[tuple[int, str, float, Estimate3D]]):
+def _set_xyz(msg, v) -> None:
+    """In place: constructing rosidl messages costs more than the 3D math, so they are reused."""
+    msg.x, msg.y, msg.z = float(v[0]), float(v[1]), float(v[2])
+
+
+def detections_msg(header, items: list[tuple[int, str, float, Estimate3D]], cache: dict | None = None):
     """vision_msgs/Detection3DArray (None without vision_msgs): id = track id, bbox centre = robust
-    position, bbox size = percentile extent, one hypothesis (class = label, score = predicted IoU)."""
+    position, bbox size = percentile extent, one hypothesis (class = label, score = predicted IoU).
+    ``cache`` (track id -> Detection3D) reuses the messages of earlier frames (publish copies them)."""
     if Detection3DArray is None:
         return None
+    cache = {} if cache is None else cache
     out = Detection3DArray(header=header)
     for oid, label, score, est in items:
-        d = Detection3D(header=header, id=str(oid))
-        p = est.position
-        d.bbox = BoundingBox3D()
-        d.bbox.center.position = Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
-        d.bbox.center.orientation.w = 1.0
-        s = est.size
-        d.bbox.size = Vector3(x=float(s[0]), y=float(s[1]), z=float(s[2]))
-        h = ObjectHypothesisWithPose()
+        d = cache.get(oid)
+        if d is None:
+            d = cache[oid] = Detection3D(id=str(oid), bbox=BoundingBox3D(), results=[ObjectHypothesisWithPose()])
+            d.bbox.center.orientation.w = 1.0
+            d.results[0].pose.pose.orientation.w = 1.0
+        d.header = header
+        _set_xyz(d.bbox.center.position, est.position)
+        _set_xyz(d.bbox.size, est.size)
+        h = d.results[0]
         h.hypothesis.class_id = label or "object"
         h.hypothesis.score = float(score)
-        h.pose.pose = d.bbox.center
-        d.results = [h]
+        _set_xyz(h.pose.pose.position, est.position)
         out.detections.append(d)
     return out
 
 
 def _rgba(track_id: int, alpha: float):
-    from std_msgs.msg import ColorRGBA
-
     b, g, r = track_color(track_id)  # the overlay's BGR colour
     return ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=float(alpha))
 
@@ -120,6 +125,20 @@ class MarkerBook:
     """Which tracks have markers in RViz, so ended ones get a DELETE."""
 
     shown: set[int] = field(default_factory=set)
+    _cache: dict = field(default_factory=dict)  # track id -> (box, text) Marker, reused frame to frame
+
+    def _pair(self, oid: int) -> tuple[Marker, Marker]:
+        pair = self._cache.get(oid)
+        if pair is None:
+            box = Marker(ns=MARKER_NS_BOX, id=int(oid), type=Marker.CUBE, action=Marker.ADD)
+            box.pose.orientation.w = 1.0
+            box.color = _rgba(oid, 0.45)
+            text = Marker(ns=MARKER_NS_LABEL, id=int(oid), type=Marker.TEXT_VIEW_FACING, action=Marker.ADD)
+            text.pose.orientation.w = 1.0
+            text.scale.z = 0.08
+            text.color = _rgba(oid, 1.0)
+            pair = self._cache[oid] = (box, text)
+        return pair
 
     def markers(self, header, items: list[tuple[int, str, Estimate3D]], keep: set[int] | None = None) -> MarkerArray:
         """A box and a text per item; DELETE for tracks shown before and neither in ``items``
@@ -128,24 +147,17 @@ class MarkerBook:
         now = set()
         for oid, label, est in items:
             now.add(oid)
-            box = Marker(header=header, ns=MARKER_NS_BOX, id=int(oid), type=Marker.CUBE, action=Marker.ADD)
-            c, s = est.box_center, est.size
-            box.pose.position = Point(x=float(c[0]), y=float(c[1]), z=float(c[2]))
-            box.pose.orientation.w = 1.0
-            box.scale = Vector3(x=max(float(s[0]), MIN_MARKER_SIZE), y=max(float(s[1]), MIN_MARKER_SIZE),
-                                z=max(float(s[2]), MIN_MARKER_SIZE))
-            box.color = _rgba(oid, 0.45)
-            text = Marker(header=header, ns=MARKER_NS_LABEL, id=int(oid), type=Marker.TEXT_VIEW_FACING,
-                          action=Marker.ADD)
+            box, text = self._pair(oid)
+            box.header = text.header = header
+            _set_xyz(box.pose.position, est.box_center)
+            _set_xyz(box.scale, np.maximum(est.size, MIN_MARKER_SIZE))
             p = est.position
-            text.pose.position = Point(x=float(p[0]), y=float(est.box_min[1]) - 0.05, z=float(p[2]))
-            text.pose.orientation.w = 1.0
-            text.scale.z = 0.08
-            text.color = _rgba(oid, 1.0)
+            _set_xyz(text.pose.position, (p[0], est.box_min[1] - 0.05, p[2]))
             few = " (few points)" if est.quality == QUALITY_FEW_POINTS else ""
             text.text = f"{oid} {label}".strip() + f" {float(np.linalg.norm(p)):.2f} m{few}"
             out.markers += [box, text]
         for oid in sorted(self.shown - now - (keep or set())):
+            self._cache.pop(oid, None)
             for ns in (MARKER_NS_BOX, MARKER_NS_LABEL):
                 out.markers.append(Marker(header=header, ns=ns, id=int(oid), action=Marker.DELETE))
         self.shown = now | (self.shown & (keep or set()))
@@ -153,6 +165,7 @@ class MarkerBook:
 
     def delete_all(self, header) -> MarkerArray:
         self.shown = set()
+        self._cache.clear()
         return MarkerArray(markers=[Marker(header=header, action=Marker.DELETEALL)])
 
 
@@ -201,6 +214,7 @@ class Depth3DStage:
         self.report = report
         self.buffer = DepthBuffer(keep_s=cfg.buffer_s, max_rate=cfg.max_depth_rate)
         self.book = MarkerBook()
+        self._detections: dict = {}  # reused Detection3D messages
         self.tf_buffer = tf_buffer
         self._camera: CameraModel | None = None  # as received (camera_info resolution)
         self._scaled: dict[tuple[int, int], CameraModel] = {}
@@ -317,8 +331,10 @@ class Depth3DStage:
             out_header, R, t = tf
             ests = {k: transform_estimate(e, R, t) for k, e in ests.items()}
         shown = [(oid, ests[oid]) for oid in sorted(ests) if ests[oid].quality == QUALITY_OK]
+        for oid in set(self._detections) - set(objects):
+            del self._detections[oid]
         frame.detections = detections_msg(
-            out_header, [(oid, objects[oid].label, objects[oid].iou, e) for oid, e in shown])
+            out_header, [(oid, objects[oid].label, objects[oid].iou, e) for oid, e in shown], self._detections)
         frame.markers = self.book.markers(out_header, [(oid, objects[oid].label, e) for oid, e in shown], keep=set())
         if self.cfg.publish_points:
             frame.cloud = cloud_msg(out_header, [(oid, e.points) for oid, e in shown if e.points is not None])
