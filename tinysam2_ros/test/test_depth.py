@@ -326,3 +326,22 @@ def test_depth_off_subscribes_and_publishes_nothing_3d(ros, checkpoint):
         assert all(t.quality_3d == Track.QUALITY_NONE for t in tracks.tracks)
     finally:
         h.close()
+
+
+def test_depth_flood_is_dropped_and_counted(ros, checkpoint):
+    h = Harness(checkpoint, **{"depth3d.max_depth_rate": 20.0})
+    try:
+        h.frame()
+        assert h.call(h.add, AddPrompts.Request(prompts=[mask_prompt()])).success
+        for _ in range(100):  # about 200 depth images per second for half a second: 20 per second are taken
+            d = depth_msg()
+            d.header.stamp = h.client.get_clock().now().to_msg()
+            h.depth_pub.publish(d)
+            time.sleep(0.005)
+        assert h.wait_for(lambda: h.errors().get("depth_flood", 0) >= 20), h.errors()
+        assert len(h.node._depth3d.buffer) <= 21
+        time.sleep(1.1)
+        tracks = h.frame()  # a second later depth is taken again and 3D comes back
+        assert tracks.tracks[0].quality_3d == Track.QUALITY_OK
+    finally:
+        h.close()
