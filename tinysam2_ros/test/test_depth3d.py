@@ -129,6 +129,14 @@ def test_camera_model_scaling_and_refusals():
         CameraModel(info["K"], W, H, D=[np.nan, 0, 0, 0, 0], distortion_model="plumb_bob")
 
 
+def test_rays_invert_the_pinhole_with_skew():
+    K = np.array([[150.0, 3.0, 70.0], [0, 140.0, 50.0], [0, 0, 1]])
+    rays = CameraModel(K, W, H).rays()
+    v, u = np.mgrid[0:H, 0:W]
+    np.testing.assert_allclose(K[0, 0] * rays[0] + K[0, 1] * rays[1] + K[0, 2], u, atol=1e-3)
+    np.testing.assert_allclose(K[1, 1] * rays[1] + K[1, 2], v, atol=1e-3)
+
+
 def test_distortion_is_corrected_by_rays():
     """Points seen through a distorted lens back-project to their true position."""
     K = np.array([[150.0, 0, 79.5], [0, 150.0, 59.5], [0, 0, 1]])

@@ -48,6 +48,8 @@ class Depth3DConfig:
                               "subscribed or computed)")
     tolerance: float = _f(0.03, "seconds between a colour frame's stamp and its depth partner's", (0.0, 1.0),
                           live=True)
+    wait_s: float = _f(0.05, "longest wait for a depth partner still on its way (only while depth is streaming "
+                             "and none newer than the frame has arrived)", (0.0, 1.0), live=True)
     buffer_s: float = _f(2.0, "seconds of recent depth images kept for pairing", (0.05, 30.0))
     erode_px: int = _f(2, "mask erosion (pixels) before sampling depth: drops border pixels", (0, 20), live=True)
     min_range: float = _f(0.1, "depth below this (metres) is invalid", (0.0, 1000.0), live=True)
@@ -157,7 +159,8 @@ class CameraModel:
                     n = cv2.undistortPoints(pts, self.K, self.D)
                 r = n.reshape(self.height, self.width, 2)
             else:
-                r = np.stack([(u - self.K[0, 2]) / self.fx, (v - self.K[1, 2]) / self.fy], axis=-1)
+                y = (v - self.K[1, 2]) / self.fy
+                r = np.stack([(u - self.K[0, 2] - self.K[0, 1] * y) / self.fx, y], axis=-1)  # K[0, 1]: skew
             self._rays = np.ascontiguousarray(np.moveaxis(r, -1, 0), dtype=np.float32)
         return self._rays
 

@@ -29,6 +29,7 @@ class DepthBuffer:
         self._arrivals: deque[float] = deque()
         self._lock = threading.Lock()
         self.flooded = 0  # refused for arriving too fast
+        self.last_arrival = -float("inf")  # monotonic time of the newest accepted item
 
     def __len__(self) -> int:
         return len(self._stamps)
@@ -43,6 +44,7 @@ class DepthBuffer:
                 self.flooded += 1
                 return False
             self._arrivals.append(now)
+            self.last_arrival = now
             i = bisect.bisect_right(self._stamps, stamp)
             self._stamps.insert(i, stamp)
             self._items.insert(i, item)
@@ -64,6 +66,10 @@ class DepthBuffer:
             best = min((j for j in (i - 1, i) if 0 <= j < len(self._stamps)), key=lambda j: abs(self._stamps[j] - stamp))
             dt = abs(self._stamps[best] - stamp)
             return (self._items[best] if dt <= tolerance else None), dt
+
+    def newest_stamp(self) -> float | None:
+        with self._lock:
+            return self._stamps[-1] if self._stamps else None
 
     def clear(self) -> None:
         with self._lock:

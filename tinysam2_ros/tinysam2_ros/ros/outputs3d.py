@@ -10,6 +10,7 @@ goes through ``report(cause, message)`` (the node logs once per cause and counts
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -153,8 +154,7 @@ class MarkerBook:
             _set_xyz(box.scale, np.maximum(est.size, MIN_MARKER_SIZE))
             p = est.position
             _set_xyz(text.pose.position, (p[0], est.box_min[1] - 0.05, p[2]))
-            few = " (few points)" if est.quality == QUALITY_FEW_POINTS else ""
-            text.text = f"{oid} {label}".strip() + f" {float(np.linalg.norm(p)):.2f} m{few}"
+            text.text = f"{oid} {label}".strip() + f" {float(np.linalg.norm(p)):.2f} m"
             out.markers += [box, text]
         for oid in sorted(self.shown - now - (keep or set())):
             self._cache.pop(oid, None)
@@ -270,6 +270,11 @@ class Depth3DStage:
 
     def _depth_for(self, stamp: float) -> np.ndarray:
         msg, dt = self.buffer.nearest(stamp, self.cfg.tolerance)
+        if msg is None and self._partner_on_its_way(stamp):
+            deadline = time.monotonic() + self.cfg.wait_s
+            while msg is None and time.monotonic() < deadline:
+                time.sleep(0.002)
+                msg, dt = self.buffer.nearest(stamp, self.cfg.tolerance)
         if msg is None:
             if dt is None:
                 raise DepthError("no_depth", "no depth image received yet: no 3D")
@@ -280,6 +285,12 @@ class Depth3DStage:
             raise DepthError("depth_all_invalid", f"depth image ({msg.encoding}) has no valid value in "
                                                   f"[{self.cfg.min_range:g}, {self.cfg.max_range:g}] m: no 3D")
         return depth
+
+    def _partner_on_its_way(self, stamp: float) -> bool:
+        """Depth is streaming (an image in the last second) but none as new as this frame yet."""
+        newest = self.buffer.newest_stamp()
+        return (self.cfg.wait_s > 0 and newest is not None and newest < stamp - self.cfg.tolerance
+                and time.monotonic() - self.buffer.last_arrival < 1.0)
 
     def _transform(self, header):
         """(header, R, t) for depth3d.target_frame, or None to stay in the camera frame."""
