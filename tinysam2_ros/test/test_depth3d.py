@@ -24,6 +24,7 @@ from tinysam2_ros.geometry.depth3d import (
     Depth3DConfig,
     DepthError,
     decode_depth,
+    decode_depth_raw,
     estimate_track,
     transform_estimate,
 )
@@ -99,6 +100,19 @@ def test_invalid_depth_is_ignored(bad):
     depth[mask] = bad
     est = estimate_track(mask, depth, cam, Depth3DConfig(erode_px=0))
     assert est.quality == QUALITY_NONE and est.position is None and est.valid_points == 0
+
+
+def test_raw_millimetres_give_the_same_estimate():
+    cam, depth, mask, truth = plane_scene(z_obj=2.345, z_bg=5.0)
+    mm = np.round(depth * 1000).astype(np.uint16)
+    raw, scale = decode_depth_raw("16UC1", H, W, 2 * W, False, mm.tobytes())
+    a = estimate_track(mask, raw, cam, Depth3DConfig(), depth_scale=scale)
+    b = estimate_track(mask, depth, cam, Depth3DConfig())
+    np.testing.assert_allclose(a.position, b.position, rtol=1e-6)
+    assert a.position[2] == pytest.approx(2.345, abs=1e-6)
+    half = cv2.resize(mm, (W // 2, H // 2), interpolation=cv2.INTER_NEAREST)
+    c = estimate_track(mask, half, cam, Depth3DConfig(), depth_scale=scale)
+    assert np.linalg.norm(c.position - truth) < 0.01 * np.linalg.norm(truth)
 
 
 def test_depth_of_another_resolution():

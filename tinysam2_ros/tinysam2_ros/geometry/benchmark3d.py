@@ -107,11 +107,11 @@ def cost(size=(480, 640), tracks=5, repeats=200, seed=3000, cfg: Depth3DConfig |
     cpu = {k: [] for k in names}
     for _ in range(repeats):
         marks = [(time.perf_counter(), time.thread_time())]
-        depth = depth_from_msg(msg)
+        depth, scale = depth_from_msg(msg)
         marks.append((time.perf_counter(), time.thread_time()))
-        valid_fraction(depth, cfg.min_range, cfg.max_range)
+        valid_fraction(depth, cfg.min_range, cfg.max_range, depth_scale=scale)
         marks.append((time.perf_counter(), time.thread_time()))
-        ests = {oid: estimate_track(m, depth, cam, cfg, box=boxes[oid]) for oid, m in masks.items()}
+        ests = {oid: estimate_track(m, depth, cam, cfg, box=boxes[oid], depth_scale=scale) for oid, m in masks.items()}
         marks.append((time.perf_counter(), time.thread_time()))
         for oid, e in ests.items():
             fill_track(Track(id=oid), e)

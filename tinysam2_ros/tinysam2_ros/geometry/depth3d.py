@@ -184,6 +184,17 @@ DEPTH_ENCODINGS = {"16UC1": (np.dtype("<u2"), 1e-3), "32FC1": (np.dtype("<f4"), 
 
 def decode_depth(encoding: str, height: int, width: int, step: int, is_bigendian: bool, data) -> np.ndarray:
     """Raw depth image fields -> H x W float32 metres (16UC1 in mm, 32FC1 in m); DepthError if malformed."""
+    raw, scale = decode_depth_raw(encoding, height, width, step, is_bigendian, data)
+    out = raw.astype(np.float32)
+    if scale != 1.0:
+        out *= np.float32(scale)
+    return out
+
+
+def decode_depth_raw(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
+                     data) -> tuple[np.ndarray, float]:
+    """(H x W array over the message's bytes, metres per unit): no copy of the whole image,
+    only the sampled pixels are converted (``estimate_track(depth_scale=...)``)."""
     if encoding not in DEPTH_ENCODINGS:
         raise DepthError(f"depth_encoding:{encoding}", f"unsupported depth encoding {encoding!r} "
                                                        "(need 16UC1 in millimetres or 32FC1 in metres)")
@@ -200,15 +211,13 @@ def decode_depth(encoding: str, height: int, width: int, step: int, is_bigendian
     if len(rows) < step * height:
         rows = np.concatenate([rows, np.zeros(step * height - len(rows), np.uint8)])
     img = rows.reshape(height, step)[:, :row].view(dtype.newbyteorder(">" if is_bigendian else "<"))
-    out = img.astype(np.float32)
-    if scale != 1.0:
-        out *= np.float32(scale)
-    return out
+    return img, scale
 
 
-def valid_fraction(depth: np.ndarray, min_range: float, max_range: float, stride: int = 8) -> float:
+def valid_fraction(depth: np.ndarray, min_range: float, max_range: float, stride: int = 8,
+                   depth_scale: float = 1.0) -> float:
     """Share of valid depth on a coarse grid (cheap check for an all-invalid image)."""
-    d = depth[::stride, ::stride]
+    d = depth[::stride, ::stride] * np.float32(depth_scale)
     return float(np.count_nonzero((d >= min_range) & (d <= max_range))) / max(d.size, 1)
 
 
@@ -229,12 +238,13 @@ def _crop(mask: np.ndarray, box, pad: int) -> tuple[np.ndarray, int, int]:
 
 
 def estimate_track(mask: np.ndarray, depth: np.ndarray, camera: CameraModel, cfg: Depth3DConfig,
-                   box=None, keep_points: int = 0) -> Estimate3D:
+                   box=None, keep_points: int = 0, depth_scale: float = 1.0) -> Estimate3D:
     """3D of one track from its colour-resolution mask and the aligned depth (metres).
 
     ``camera`` must be at the mask's resolution (``CameraModel.scaled``); ``depth`` may be
-    another resolution of the same aspect ratio. ``keep_points`` > 0 keeps up to that many
-    inlier points (evenly decimated) for a point cloud.
+    another resolution of the same aspect ratio, in units of ``depth_scale`` metres (raw
+    16UC1 millimetres: 0.001). ``keep_points`` > 0 keeps up to that many inlier points
+    (evenly decimated) for a point cloud.
     """
     mh, mw = mask.shape
     if (camera.width, camera.height) != (mw, mh):
@@ -265,6 +275,7 @@ def estimate_track(mask: np.ndarray, depth: np.ndarray, camera: CameraModel, cfg
         yd = ((ys * s + y0 + 0.5) * (dh / mh)).astype(np.intp)
         xd = ((xs * s + x0 + 0.5) * (dw / mw)).astype(np.intp)
         z = depth[yd, xd]
+    z = z * np.float32(depth_scale) if (depth_scale != 1.0 or z.dtype != np.float32) else z
     out = Estimate3D(sampled=int(z.size))
     valid = (z >= cfg.min_range) & (z <= cfg.max_range)  # NaN compares false; inf is beyond max_range
     n_valid = int(np.count_nonzero(valid))

@@ -28,7 +28,7 @@ from ..geometry.depth3d import (
     Depth3DConfig,
     DepthError,
     Estimate3D,
-    decode_depth,
+    decode_depth_raw,
     estimate_track,
     transform_estimate,
     valid_fraction,
@@ -69,8 +69,10 @@ def camera_from_info(msg, cfg: Depth3DConfig) -> CameraModel:
     return CameraModel(K, msg.width, msg.height, D, msg.distortion_model, undistort=cfg.undistort)
 
 
-def depth_from_msg(msg) -> np.ndarray:
-    return decode_depth(msg.encoding, int(msg.height), int(msg.width), int(msg.step), bool(msg.is_bigendian), msg.data)
+def depth_from_msg(msg) -> tuple[np.ndarray, float]:
+    """(depth array over the message's data, metres per unit); DepthError when malformed."""
+    return decode_depth_raw(msg.encoding, int(msg.height), int(msg.width), int(msg.step), bool(msg.is_bigendian),
+                            msg.data)
 
 
 def fill_track(track, est: Estimate3D | None) -> None:
@@ -268,7 +270,7 @@ class Depth3DStage:
             self._scaled[key] = cam.scaled(w, h)
         return self._scaled[key]
 
-    def _depth_for(self, stamp: float) -> np.ndarray:
+    def _depth_for(self, stamp: float) -> tuple[np.ndarray, float]:
         msg, dt = self.buffer.nearest(stamp, self.cfg.tolerance)
         if msg is None and self._partner_on_its_way(stamp):
             deadline = time.monotonic() + self.cfg.wait_s
@@ -280,11 +282,11 @@ class Depth3DStage:
                 raise DepthError("no_depth", "no depth image received yet: no 3D")
             raise DepthError("no_depth_partner", f"nearest depth image is {dt:.3f} s from the colour frame "
                                                  f"(> depth3d.tolerance {self.cfg.tolerance:g} s): no 3D")
-        depth = depth_from_msg(msg)
-        if valid_fraction(depth, self.cfg.min_range, self.cfg.max_range) == 0.0:
+        depth, scale = depth_from_msg(msg)
+        if valid_fraction(depth, self.cfg.min_range, self.cfg.max_range, depth_scale=scale) == 0.0:
             raise DepthError("depth_all_invalid", f"depth image ({msg.encoding}) has no valid value in "
                                                   f"[{self.cfg.min_range:g}, {self.cfg.max_range:g}] m: no 3D")
-        return depth
+        return depth, scale
 
     def _partner_on_its_way(self, stamp: float) -> bool:
         """Depth is streaming (an image in the last second) but none as new as this frame yet."""
@@ -317,14 +319,15 @@ class Depth3DStage:
         first = next(iter(objects.values()))
         h, w = first.mask.shape
         cam = self._camera_for(h, w)
-        depth = self._depth_for(stamp_sec(header.stamp))
+        depth, scale = self._depth_for(stamp_sec(header.stamp))
         self.paired += 1
         cfg = self.cfg
         keep = cfg.points_per_track if cfg.publish_points else 0
         for oid, r in objects.items():
             if r.area == 0:
                 continue
-            out.estimates[oid] = estimate_track(r.mask, depth, cam, cfg, box=r.box_xyxy, keep_points=keep)
+            out.estimates[oid] = estimate_track(r.mask, depth, cam, cfg, box=r.box_xyxy, keep_points=keep,
+                                                depth_scale=scale)
         return out
 
     def messages(self, header, result, frame: Frame3D) -> Frame3D:
