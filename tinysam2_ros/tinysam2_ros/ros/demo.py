@@ -43,7 +43,7 @@ class DemoResult:
     memory_tokens: float = 0.0
     ms_per_frame: float = 0.0
     overlay_path: Path | None = None
-    positions: dict = field(default_factory=dict)  # with depth: frame -> {track id: (quality_3d, xyz or None)}
+    positions: dict = field(default_factory=dict)  # with depth: frame -> {id: (quality_3d, xyz or None, area)}
 
 
 class DemoDriver(Node):
@@ -193,8 +193,8 @@ def run_demo(
     result.ms_per_frame = 1e3 * elapsed / len(frames)
     if depth is not None:
         result.positions = {
-            i: {t.id: (t.quality_3d, np.array([t.position.x, t.position.y, t.position.z]) if t.quality_3d else None)
-                for t in m.tracks} for i, m in driver.tracks.items()}
+            i: {t.id: (t.quality_3d, np.array([t.position.x, t.position.y, t.position.z]) if t.quality_3d else None,
+                       t.area) for t in m.tracks} for i, m in driver.tracks.items()}
     tokens = [t.memory_tokens for i, m in driver.tracks.items() if i > 0 for t in m.tracks]
     result.memory_tokens = float(np.mean(tokens)) if tokens else 0.0
     if gt:
