@@ -345,3 +345,46 @@ def test_depth_flood_is_dropped_and_counted(ros, checkpoint):
         assert tracks.tracks[0].quality_3d == Track.QUALITY_OK
     finally:
         h.close()
+
+
+def test_ros2_launch_with_depth3d_subscribes_to_the_remapped_topics(checkpoint):
+    """`ros2 launch ... depth3d:=true depth:=... camera_info:=...` turns 3D on, on those topics."""
+    import os
+    import shutil
+
+    if shutil.which("ros2") is None:
+        pytest.skip("the ROS 2 launch stack is not installed (`ros2` not on PATH)")
+    import subprocess
+
+    domain = 40 + os.getpid() % 50
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(["ros2", "launch", "tinysam2_ros", "track.launch.py", "preset:=tiny",
+                             f"checkpoint:={checkpoint}", "depth3d:=true", "depth:=/cam/aligned_depth",
+                             "camera_info:=/cam/color_info"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain)
+    node = rclpy.create_node("launch_depth_probe", context=context)
+    try:
+        end = time.time() + 90
+        while time.time() < end and not (node.count_subscribers("/cam/aligned_depth") and
+                                         node.count_subscribers("/cam/color_info") and
+                                         node.count_publishers("/tracks_3d") and node.count_publishers("/markers")):
+            time.sleep(0.2)
+        assert node.count_subscribers("/cam/aligned_depth") == 1, "".join(lines)[-2000:]
+        assert node.count_subscribers("/cam/color_info") == 1
+        assert node.count_publishers("/tracks_3d") == 1 and node.count_publishers("/markers") == 1
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+        import signal
+
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
