@@ -266,7 +266,7 @@ def _demo_depth(root, seq: str, args: argparse.Namespace, n: int) -> dict:
 def _print_demo_3d(res, depth3d: dict) -> None:
     import numpy as np
 
-    errs, with_3d, tracked, empty = [], 0, 0, 0
+    errs, good, with_3d, tracked, empty = [], [], 0, 0, 0
     for i, tracks in res.positions.items():
         for oid, (quality, pos, area) in tracks.items():
             tracked += 1
@@ -275,9 +275,14 @@ def _print_demo_3d(res, depth3d: dict) -> None:
             truth = depth3d["truth"].get((i, oid))
             if truth is not None and pos is not None and quality == 1:
                 errs.append(float(np.linalg.norm(pos - truth) / np.linalg.norm(truth)))
+                if res.mask_iou.get((i, oid), 0.0) >= 0.5:
+                    good.append(errs[-1])
     print(f"3D: {with_3d} of {tracked} track-frames have 3D (quality OK; {empty} have an empty mask); position error vs the exact centroid, "
           f"unoccluded objects, {len(errs)} track-frames: median {100 * np.median(errs):.2f}% of the distance, "
           f"p90 {100 * np.percentile(errs, 90):.2f}%" if errs else "3D: no unoccluded track-frame with 3D to score")
+    if good:
+        print(f"3D where the 2D mask is on the object (IoU >= 0.5 with the annotation), {len(good)} track-frames: "
+              f"median {100 * np.median(good):.2f}% of the distance, p90 {100 * np.percentile(good, 90):.2f}%")
 
 
 def _package_file(relative: str) -> str:

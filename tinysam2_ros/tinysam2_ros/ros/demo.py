@@ -44,6 +44,7 @@ class DemoResult:
     ms_per_frame: float = 0.0
     overlay_path: Path | None = None
     positions: dict = field(default_factory=dict)  # with depth: frame -> {id: (quality_3d, xyz or None, area)}
+    mask_iou: dict = field(default_factory=dict)  # with depth and annotations: (frame, id) -> IoU of the 2D mask
 
 
 class DemoDriver(Node):
@@ -204,6 +205,12 @@ def run_demo(
                 if t.id in preds:
                     preds[t.id][i] = _full_mask(t, (h, w))
         scored = sorted(gt)
+        if depth is not None:
+            for i in scored:
+                for oid in prompts:
+                    p, g = preds[oid][i], gt[i] == oid
+                    union = np.count_nonzero(p | g)
+                    result.mask_iou[(i, oid)] = np.count_nonzero(p & g) / union if union else 1.0
         for oid in prompts:
             result.per_object[oid] = j_and_f([preds[oid][i] for i in scored], [gt[i] == oid for i in scored])
         result.jf = summarize(result.per_object.values())
