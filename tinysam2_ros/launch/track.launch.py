@@ -4,6 +4,8 @@
         checkpoint:=/path/edgetam.pt preset:=edgetam namespace:=front use_rviz:=true
 
 Several cameras: launch once per camera with its own namespace.
+3D per track (docs/3d.md): depth3d:=true depth:=/camera/aligned_depth_to_color/image_raw \
+    camera_info:=/camera/color/camera_info
 """
 import os
 
@@ -12,6 +14,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 
 
 def _rviz(context, share: str):
@@ -49,6 +52,10 @@ def generate_launch_description() -> LaunchDescription:
                               description="exported graphs / TensorRT engines for backend onnxruntime / tensorrt"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace (one per camera)"),
         DeclareLaunchArgument("use_rviz", default_value="false", description="start RViz with config/track.rviz"),
+        DeclareLaunchArgument("depth3d", default_value="false", description="3D per track from depth + camera_info"),
+        DeclareLaunchArgument("depth", default_value="depth",
+                              description="depth image aligned to the colour image (16UC1 mm or 32FC1 m)"),
+        DeclareLaunchArgument("camera_info", default_value="camera_info", description="the colour camera's CameraInfo"),
     ]
     node = Node(
         package="tinysam2_ros",
@@ -64,9 +71,11 @@ def generate_launch_description() -> LaunchDescription:
                 "backend": LaunchConfiguration("backend"),
                 "device": LaunchConfiguration("device"),
                 "engine_dir": LaunchConfiguration("engine_dir"),
+                "depth3d.enabled": ParameterValue(LaunchConfiguration("depth3d"), value_type=bool),
             },
         ],
         remappings=[("image", LaunchConfiguration("image")), ("prompts", LaunchConfiguration("prompts")),
-                    ("detections", LaunchConfiguration("detections"))],
+                    ("detections", LaunchConfiguration("detections")),
+                    ("depth", LaunchConfiguration("depth")), ("camera_info", LaunchConfiguration("camera_info"))],
     )
     return LaunchDescription(args + [node, OpaqueFunction(function=_rviz, args=[share])])

@@ -73,7 +73,7 @@ class Launch:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def stop(self, timeout: float = 20.0) -> int:
+    def stop(self, timeout: float = 60.0) -> int:
         """SIGINT as Ctrl-C does; the whole process group must be gone afterwards."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)

@@ -153,6 +153,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.detector and args.video:
         print("tinysam2 demo: --detector simulates a detector from annotations; --video has none (use --data or "
               "the generated video)", file=sys.stderr)
+    if args.depth and (args.video or args.data):
+        print("tinysam2 demo: --depth needs the generated video (its exact depth and camera are the truth)",
+              file=sys.stderr)
         return 2
     if args.video:
         from .ros.video_source import FrameReader
@@ -195,8 +198,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return _demo_with_detector(args, frames, gt, out, preset, checkpoint, params, source)
     print(f"demo: {len(frames)} frames of {source}, {prompt_kind} prompts, preset {preset}, "
           f"weights {checkpoint or 'random'}")
-    res = run_demo(frames, prompts, gt, out, preset, checkpoint, params=params)
+    depth3d = _demo_depth(root, seq, args, len(frames)) if args.depth else None
+    res = run_demo(frames, prompts, gt, out, preset, checkpoint, params=params,
+                   **({"depth": depth3d["depth"], "camera": depth3d["camera"]} if depth3d else {}))
     print(f"overlay video: {res.overlay_path}")
+    if depth3d:
+        _print_demo_3d(res, depth3d)
     if res.jf.get("objects"):
         print(f"J&F {res.jf['JF']:.3f} (J {res.jf['J']:.3f}, F {res.jf['F']:.3f}) over {res.jf['objects']} object(s)")
     elif gt:
@@ -207,6 +214,48 @@ def _cmd_demo(args: argparse.Namespace) -> int:
           f"({100 * res.memory_tokens / SAM21_MEMORY_TOKENS:.2f}% of SAM 2.1's {SAM21_MEMORY_TOKENS})")
     print(f"ms per frame (end to end through ROS, {args.device}): {res.ms_per_frame:.1f}")
     return 0
+
+
+def _demo_depth(root, seq: str, args: argparse.Namespace, n: int) -> dict:
+    """The generated video's exact depth, camera_info and per-frame true 3D centroids (issue 22)."""
+    from .evaluation.synth import SynthConfig, build_scene
+    from .evaluation.synth_depth import camera_info, render_depth, scene_camera, truth_position
+
+    scene = build_scene(SynthConfig(num_frames=args.frames, seed=args.seed,
+                                    size=tuple(int(v) for v in args.size.split("x"))))
+    cam = scene_camera(scene)
+    depth, truth = [], {}
+    for t in range(n):
+        fr = scene.render(t, image=False)
+        d = render_depth(scene, t, fr)
+        depth.append(d)
+        for oid in range(1, scene.num_objects + 1):  # tracked and unoccluded: the issue's target
+            vis = int((fr.ids == oid).sum())
+            if vis >= 100 and vis >= 0.97 * fr.frame_area[oid - 1]:
+                truth[(t, oid)] = truth_position(fr, d, cam, oid)
+    return {"depth": depth, "camera": camera_info(*scene.cfg.size), "truth": truth}
+
+
+def _print_demo_3d(res, depth3d: dict) -> None:
+    import numpy as np
+
+    errs, good, with_3d, tracked, empty = [], [], 0, 0, 0
+    for i, tracks in res.positions.items():
+        for oid, (quality, pos, area) in tracks.items():
+            tracked += 1
+            with_3d += quality == 1
+            empty += area == 0
+            truth = depth3d["truth"].get((i, oid))
+            if truth is not None and pos is not None and quality == 1:
+                errs.append(float(np.linalg.norm(pos - truth) / np.linalg.norm(truth)))
+                if res.mask_iou.get((i, oid), 0.0) >= 0.5:
+                    good.append(errs[-1])
+    print(f"3D: {with_3d} of {tracked} track-frames have 3D (quality OK; {empty} have an empty mask); position error vs the exact centroid, "
+          f"unoccluded objects, {len(errs)} track-frames: median {100 * np.median(errs):.2f}% of the distance, "
+          f"p90 {100 * np.percentile(errs, 90):.2f}%" if errs else "3D: no unoccluded track-frame with 3D to score")
+    if good:
+        print(f"3D where the 2D mask is on the object (IoU >= 0.5 with the annotation), {len(good)} track-frames: "
+              f"median {100 * np.median(good):.2f}% of the distance, p90 {100 * np.percentile(good, 90):.2f}%")
 
 
 def _demo_with_detector(args, frames, gt, out, preset, checkpoint, params, source) -> int:
@@ -364,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector-seed", type=int, default=0, help="--detector: seed of its noise (default 0)")
     p.add_argument("--min-hits", type=int, default=2,
                    help="--detector: detections.min_hits, consecutive arrays before a new track (default 2)")
+    p.add_argument("--depth", action="store_true",
+                   help="also publish the generated video's exact depth and camera_info, turn the node's 3D on and "
+                        "print the 3D position error against the truth (see docs/3d.md)")
     _add_memory_args(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -385,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_camera_jump_parser(sub)
     add_probe_parser(sub)
     add_soak_parser(sub)
+    from .geometry.benchmark3d import add_benchmark3d_parser
+
+    add_benchmark3d_parser(sub)
     return parser
 
 

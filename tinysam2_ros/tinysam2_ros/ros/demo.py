@@ -53,14 +53,23 @@ class DemoResult:
     counts: dict = field(default_factory=dict)  # detector mode: the node's detections_* diagnostics
     arrays_sent: int = 0
     assignments: dict = field(default_factory=dict)  # (detector id, track id) -> boxes associated
+    positions: dict = field(default_factory=dict)  # with depth: frame -> {id: (quality_3d, xyz or None, area)}
+    mask_iou: dict = field(default_factory=dict)  # with depth and annotations: (frame, id) -> IoU of the 2D mask
 
 
 class DemoDriver(Node):
     """Plays frames in lock-step with the tracker and records what comes back."""
 
-    def __init__(self, frames: list[np.ndarray], namespace: str = "") -> None:
+    def __init__(self, frames: list[np.ndarray], namespace: str = "", depth: list[np.ndarray] | None = None,
+                 camera: dict | None = None) -> None:
         super().__init__("tinysam2_demo", namespace=namespace)
         self.frames = frames
+        self.depth, self.camera = depth, camera  # metres per frame, camera_info fields (synth_depth.camera_info)
+        if depth is not None:
+            from sensor_msgs.msg import CameraInfo
+
+            self.depth_pub = self.create_publisher(Image, "depth", RELIABLE)
+            self.info_pub = self.create_publisher(CameraInfo, "camera_info", RELIABLE)
         self.pub = self.create_publisher(Image, "image", RELIABLE)  # the node is set to reliable: no frame lost
         self.tracks: dict[int, TrackArray] = {}
         self.labels: dict[int, np.ndarray] = {}  # frame index -> the node's label image
@@ -94,6 +103,18 @@ class DemoDriver(Node):
         header = Header(frame_id="demo_camera")
         header.stamp = self.get_clock().now().to_msg()
         self._stamp_to_idx[(header.stamp.sec, header.stamp.nanosec)] = i
+        if self.depth is not None:  # depth and camera_info first, stamped as the colour frame (an aligned camera)
+            from sensor_msgs.msg import CameraInfo
+
+            from ..evaluation.synth_depth import depth_to_mm
+
+            c = self.camera
+            info = CameraInfo(header=header, width=c["width"], height=c["height"], distortion_model=c["distortion_model"])
+            info.k, info.d = [float(v) for v in c["K"]], [float(v) for v in c["D"]]
+            self.info_pub.publish(info)
+            mm = depth_to_mm(self.depth[i])
+            self.depth_pub.publish(Image(header=header, height=mm.shape[0], width=mm.shape[1], encoding="16UC1",
+                                         step=2 * mm.shape[1], data=mm.tobytes()))
         self.pub.publish(rgb_to_image_msg(self.frames[i], header, encoding="bgr8"))
 
     def publish_detections(self, made_on: int, boxes) -> None:
@@ -158,9 +179,13 @@ def run_demo(
     params: dict | None = None,
     log=print,
     detections: dict | None = None,  # publish frame -> [(made on frame, boxes)] (sim_detector); replaces prompts
+    depth: list[np.ndarray] | None = None,  # aligned depth (m) per frame: turns 3D on
+    camera: dict | None = None,  # its camera_info fields
 ) -> DemoResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     overrides = {"preset": preset, "checkpoint": checkpoint or "", "image_qos": "reliable", **(params or {})}
+    if depth is not None:
+        overrides["depth3d.enabled"] = True
     own_context = not rclpy.ok()
     if own_context:
         rclpy.init()
@@ -169,7 +194,7 @@ def run_demo(
         raise RuntimeError("tracker_node failed to configure (see the log above)")
     if detections is not None and node.detections is None:
         raise RuntimeError("--detector needs vision_msgs, which is not importable here")
-    driver = DemoDriver(frames)
+    driver = DemoDriver(frames, depth=depth, camera=camera)
     executor = rclpy.executors.MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
     executor.add_node(driver)
@@ -228,12 +253,22 @@ def run_demo(
     h, w = frames[0].shape[:2]
     result.frames = len(frames)
     result.ms_per_frame = 1e3 * elapsed / len(frames)
+    if depth is not None:
+        result.positions = {
+            i: {t.id: (t.quality_3d, np.array([t.position.x, t.position.y, t.position.z]) if t.quality_3d else None,
+                       t.area) for t in m.tracks} for i, m in driver.tracks.items()}
     tokens = [t.memory_tokens for i, m in driver.tracks.items() if i > 0 for t in m.tracks]
     result.memory_tokens = float(np.mean(tokens)) if tokens else 0.0
     if gt and detections is not None:
         _score_detector_run(result, driver, gt, frames, (h, w))
     elif gt:
         scored = sorted(gt)
+        if depth is not None:
+            for i in scored:
+                for oid in prompts:
+                    p, g = driver.labels[i] == oid, gt[i] == oid
+                    union = np.count_nonzero(p | g)
+                    result.mask_iou[(i, oid)] = np.count_nonzero(p & g) / union if union else 1.0
         for oid in prompts:
             result.per_object[oid] = j_and_f([driver.labels[i] == oid for i in scored], [gt[i] == oid for i in scored])
         result.jf = summarize(result.per_object.values())

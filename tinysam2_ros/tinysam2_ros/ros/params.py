@@ -12,8 +12,10 @@ from typing import Any
 
 from ..memory.config import MemoryConfig
 from ..settings import ParamSpec, default_param_specs, param_overrides, param_specs
+from ..geometry.depth3d import Depth3DConfig
 from ..tracking.association import AssociationConfig
 
+DEPTH3D_PREFIX = "depth3d."
 DETECTION_PREFIX = "detections."
 MEMORY_PREFIX = "memory."
 # parameter prefix -> settings dataclass; unset ('' / -1) = the preset's value
@@ -23,6 +25,7 @@ SECTIONS: dict[str, type] = {
 # parameter prefix -> settings dataclass without a preset: parameters start at its defaults
 DEFAULTED_SECTIONS: dict[str, type] = {
     DETECTION_PREFIX: AssociationConfig,
+    DEPTH3D_PREFIX: Depth3DConfig,
 }
 
 _NODE_PARAMS: tuple[ParamSpec, ...] = (
@@ -74,6 +77,13 @@ def association_config(values: dict[str, Any]) -> AssociationConfig:
     """The AssociationConfig the ``detections.*`` parameters describe."""
     return AssociationConfig(**{k[len(DETECTION_PREFIX):]: v for k, v in values.items()
                                 if k.startswith(DETECTION_PREFIX)})
+
+
+def depth3d_config(values: dict[str, Any]) -> Depth3DConfig:
+    """The Depth3DConfig that the depth3d.* parameter values give (ValueError if inconsistent)."""
+    cfg = Depth3DConfig(**{k[len(DEPTH3D_PREFIX):]: v for k, v in values.items() if k.startswith(DEPTH3D_PREFIX)})
+    cfg.validate()
+    return cfg
 
 
 def validate(name: str, value: Any, configured: bool) -> str | None:

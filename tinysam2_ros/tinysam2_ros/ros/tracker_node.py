@@ -13,6 +13,9 @@ Topics (relative names, remap or namespace them per camera):
   out: tracks (TrackArray), masks (mono16 label image, pixel = track id; overlaps go to the
        highest logit, as SAM 2 writes DAVIS results),
        overlay (bgr8), tracked_detections (vision_msgs/Detection2DArray), /diagnostics
+  3D (depth3d.enabled): in depth (16UC1 mm / 32FC1 m, aligned to the colour image) and
+       camera_info; out tracks_3d (vision_msgs/Detection3DArray), markers (MarkerArray),
+       points (PointCloud2, depth3d.publish_points) and the 3D fields of tracks (docs/3d.md)
 Services: ~/add_prompts (AddPrompts), ~/remove_object (RemoveObject), ~/reset (std_srvs/Trigger)
 """
 from __future__ import annotations
@@ -97,6 +100,7 @@ class TrackerNode(LifecycleNode):
         self._configured = False
         self.detections: DetectionInput | None = None
         self._det_reported: set[str] = set()
+        self._depth3d = None  # outputs3d.Depth3DStage while configured with depth3d.enabled
         if self.get_parameter("autostart").value:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 self.trigger_activate()
@@ -145,6 +149,7 @@ class TrackerNode(LifecycleNode):
         tr.config.lost_after = int(values["lost_after"])
         tr.config.stamp_tolerance = float(values["stamp_tolerance"])
         self._apply_live_detections(values)
+        self._apply_live_3d(values)
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -195,7 +200,7 @@ class TrackerNode(LifecycleNode):
         ]
         self._diag_timer = self.create_timer(v["diagnostics_period"], self._publish_diagnostics,
                                              callback_group=MutuallyExclusiveCallbackGroup())
-        if not self._configure_detections(v):
+        if not (self._configure_detections(v) and self._configure_3d(v)):
             self._release()
             return TransitionCallbackReturn.FAILURE
         self._configured = True
@@ -219,6 +224,7 @@ class TrackerNode(LifecycleNode):
         image_topic = self.resolve_topic_name("image")
         for click_topic in (image_topic + "_mouse_left", self.resolve_topic_name("overlay") + "_mouse_left"):
             self._sub_handles.append(self.create_subscription(Point, click_topic, self._on_click, RELIABLE))
+        self._activate_3d(image_qos)
         self._running.set()
         self._worker = threading.Thread(target=self._work, name="tinysam2_worker", daemon=True)
         self._worker.start()
@@ -267,6 +273,7 @@ class TrackerNode(LifecycleNode):
             self._diag_timer = None
         self.session = None
         self.detections = None
+        self._depth3d = None
         self._configured = False
 
     # ------------------------------------------------------------------ inputs
@@ -404,6 +411,7 @@ class TrackerNode(LifecycleNode):
         except SessionBusy as exc:
             response.success, response.message = False, str(exc)
             return response
+        self._reset_3d()
         response.success, response.message = True, "all tracks removed"
         return response
 
@@ -433,6 +441,7 @@ class TrackerNode(LifecycleNode):
     def _publish(self, header, rgb, result: FrameResult) -> None:
         if self.detections is not None:  # before anything goes out: a client may answer with boxes at once
             self.detections.record(result)
+        frame3d = self._compute_3d(header, result)
         out = TrackArray(header=header)
         for oid, r in sorted(result.objects.items()):
             t = Track(id=oid, label=r.label, state=STATE_CODES[r.state], predicted_iou=float(r.iou),
@@ -443,8 +452,11 @@ class TrackerNode(LifecycleNode):
                 x1, y1, x2, y2 = r.box_xyxy
                 t.box = RegionOfInterest(x_offset=x1, y_offset=y1, width=x2 - x1, height=y2 - y1)
             t.mask = mono_to_image_msg(crop, header)
+            if self._depth3d is not None:
+                self._fill_track_3d(t, frame3d)
             out.tracks.append(t)
         self._pub_handles["tracks"].publish(out)
+        self._publish_3d(header, result, frame3d)
         if self.get_parameter("publish_masks").value:
             logits = {oid: r.low_res_logits for oid, r in result.objects.items() if r.area}  # empty: wins nothing
             self._pub_handles["masks"].publish(mono_to_image_msg(label_image(logits, rgb.shape[:2]), header))
@@ -454,6 +466,103 @@ class TrackerNode(LifecycleNode):
             overlay.publish(bgr_to_image_msg(draw_overlay(rgb, tracks), header, encoding="bgr8"))  # already BGR
         self._publish_detections(header, result)
 
+    # ------------------------------------------------------------------ 3D (issue 22, docs/3d.md)
+    def _configure_3d(self, v: dict[str, Any]) -> bool:
+        """With depth3d.enabled: the 3D stage and its publishers (nothing at all otherwise)."""
+        if not v["depth3d.enabled"]:
+            return True
+        from visualization_msgs.msg import MarkerArray
+
+        from .outputs3d import HAVE_TF2, Depth3DStage, Detection3DArray
+        from .params import depth3d_config
+
+        try:
+            cfg = depth3d_config(v)
+        except ValueError as exc:
+            self.get_logger().error(f"configure failed: {exc}")
+            return False
+        tf_buffer = None
+        if HAVE_TF2:
+            import tf2_ros
+
+            tf_buffer = tf2_ros.Buffer()
+            self._tf_listener = tf2_ros.TransformListener(tf_buffer, self)
+        elif cfg.target_frame:
+            self.get_logger().warning(f"depth3d.target_frame={cfg.target_frame!r} needs tf2_ros (not installed): "
+                                      "3D outputs need it and are not published")
+        self._depth3d = Depth3DStage(cfg, self._report_once, tf_buffer)
+        if Detection3DArray is not None:
+            self._pub_handles["tracks_3d"] = self.create_lifecycle_publisher(Detection3DArray, "tracks_3d", RELIABLE)
+        else:
+            self.get_logger().warning("vision_msgs not installed: no tracks_3d (the 3D fields of tracks remain)")
+        self._pub_handles["markers"] = self.create_lifecycle_publisher(MarkerArray, "markers", RELIABLE)
+        from sensor_msgs.msg import PointCloud2
+
+        self._pub_handles["points"] = self.create_lifecycle_publisher(PointCloud2, "points", RELIABLE)
+        return True
+
+    def _activate_3d(self, qos) -> None:
+        if self._depth3d is None:
+            return
+        from sensor_msgs.msg import CameraInfo
+
+        stage = self._depth3d
+        self._sub_handles.append(self.create_subscription(Image, "depth", stage.on_depth, qos))
+        self._sub_handles.append(self.create_subscription(CameraInfo, "camera_info", stage.on_camera_info, qos))
+        self.get_logger().info(f"3D on: depth from {self.resolve_topic_name('depth')}, camera model from "
+                               f"{self.resolve_topic_name('camera_info')}")
+
+    def _apply_live_3d(self, values: dict[str, Any]) -> None:
+        if self._depth3d is not None:
+            from .params import depth3d_config
+
+            self._depth3d.set_config(depth3d_config(values))
+
+    def _reset_3d(self) -> None:
+        if self._depth3d is not None and "markers" in self._pub_handles:
+            from std_msgs.msg import Header
+
+            self._depth3d.reset()
+            self._pub_handles["markers"].publish(self._depth3d.book.delete_all(Header()))
+
+    def _compute_3d(self, header, result: FrameResult):
+        """Per-track estimates and 3D messages of this frame; None when off or refused (logged, counted)."""
+        if self._depth3d is None:
+            return None
+        from ..geometry.depth3d import DepthError
+
+        try:
+            frame = self._depth3d.process(header, result)
+        except DepthError as exc:
+            self._report_once(exc.cause, f"no 3D for this frame: {exc}")
+            return None
+        try:
+            self._depth3d.messages(header, result, frame)
+        except DepthError as exc:  # e.g. no transform to depth3d.target_frame: the Track fields still get 3D
+            self._report_once(exc.cause, f"no tracks_3d / markers for this frame: {exc}")
+        return frame
+
+    def _fill_track_3d(self, track, frame3d) -> None:
+        from .outputs3d import fill_track
+
+        fill_track(track, None if frame3d is None else frame3d.estimates.get(track.id))
+
+    def _publish_3d(self, header, result: FrameResult, frame3d) -> None:
+        if self._depth3d is None:
+            return
+        pubs = self._pub_handles
+        if frame3d is None:
+            markers = self._depth3d.markers_without_depth(header, result)
+            if markers is not None:
+                pubs["markers"].publish(markers)
+            return
+        if frame3d.detections is not None and "tracks_3d" in pubs:
+            pubs["tracks_3d"].publish(frame3d.detections)
+        if frame3d.markers is not None:
+            pubs["markers"].publish(frame3d.markers)
+        if frame3d.cloud is not None:
+            pubs["points"].publish(frame3d.cloud)
+
     def _publish_diagnostics(self) -> None:
         if self.session is None:
             return
@@ -462,6 +571,8 @@ class TrackerNode(LifecycleNode):
         values["lifecycle"] = "active" if self._running.is_set() else "inactive"
         values.update(self.detections.diagnostics() if self.detections is not None else
                       {"detections_input": "off (vision_msgs not importable)"})
+        if self._depth3d is not None:
+            values["depth3d_frames_with_depth"] = str(self._depth3d.paired)
         status = DiagnosticStatus(
             level=DiagnosticStatus.OK, name=f"{self.get_name()}: tracker", hardware_id=self.get_fully_qualified_name(),
             message="ok" if not any(k.startswith("errors_") for k in values) else "input errors (see values)",
