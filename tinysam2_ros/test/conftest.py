@@ -1,6 +1,7 @@
 """Shared pytest fixtures: where the shared reference data lives, loaded once."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,12 @@ def edgetam_reference_outputs(edgetam_fixture_dir):
 
     with np.load(edgetam_fixture_dir / "reference_outputs.npz") as data:
         return {k: data[k] for k in data.files}
+
+
+# The suite's nodes talk over real DDS. Keep them off the default domain, where a robot's
+# own nodes (or another test run on the same machine) would answer them: a domain per
+# run unless the caller chose one (test_launch.py uses 60-89 for its launch processes).
+os.environ.setdefault("ROS_DOMAIN_ID", str(30 + os.getpid() % 30))
 
 
 def pytest_configure(config):
