@@ -246,7 +246,25 @@ class ObjectMemory:
                                                       self.config.similarity, ptrs, offsets, max_ptrs, allowed)
         for o in objs:
             o.memory_tokens, o.pointer_tokens = mem.shape[1] - n_ptr, n_ptr
+        if self.config.pool_logit_bias and self.pool_factor > 1:
+            mem, mem_pos, coords = self._repeat_pooled(mem, mem_pos, coords, n_ptr)
         return Assembled(mem, mem_pos, coords, n_ptr)
+
+    def _repeat_pooled(self, mem, mem_pos, coords, n_ptr):
+        """A log(f^2) logit bias on pooled tokens, exactly: softmax weights a key repeated
+        f^2 times as one key with that bias. Pooled grid tokens are those not at (0, 0)
+        (free latents sit there; pooled cells land on half-integer positions)."""
+        reps = self.pool_factor ** 2
+        grid_b = (coords != 0).any(dim=-1)
+        if not bool((grid_b == grid_b[:1]).all()):
+            raise ValueError("pool_logit_bias needs the batch's objects to keep the same token layout")
+        grid = grid_b[0]
+        counts = torch.where(grid, reps, 1)
+        spatial = mem.shape[1] - n_ptr
+        rep = lambda x: x.repeat_interleave(counts, dim=1)  # noqa: E731
+        mem = torch.cat([rep(mem[:, :spatial]), mem[:, spatial:]], 1)
+        mem_pos = torch.cat([rep(mem_pos[:, :spatial]), mem_pos[:, spatial:]], 1)
+        return mem, mem_pos, rep(coords)
 
     def _select(self, per_obj, sparse, t_rels, queries) -> None:
         """Choose the kept tokens of sparse frames recalled for the first time (cached on the entry)."""
