@@ -20,7 +20,6 @@ iterations it made no clear difference; see models/README.md.)
 """
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 import torch.nn.functional as F
