@@ -209,7 +209,13 @@ class ObjectMemory:
         frames = self.frames(obj, t)
         offsets, _, _ = self.pointers(obj, t)
         rels = tuple(r if not self.config.compressed else 0 for r, _ in frames)
-        return rels, tuple(self._sparse(frames)), tuple(offsets)
+        n_keep = self._n_keep()
+        sparse = tuple((e.kept.numel() if e.kept is not None else n_keep) if s else 0
+                       for (_, e), s in zip(frames, self._sparse(frames)))
+        return rels, sparse, tuple(offsets)
+
+    def _n_keep(self) -> int:
+        return max(1, int(round(self.config.retrieval_keep * self.layout.num_tokens)))
 
     def groups(self, objs: list[ObjectTrack], t: int) -> list[list[int]]:
         """Indices into ``objs`` of the objects with memory at ``t``, batched by signature."""
@@ -268,7 +274,7 @@ class ObjectMemory:
 
     def _select(self, per_obj, sparse, t_rels, queries) -> None:
         """Choose the kept tokens of sparse frames recalled for the first time (cached on the entry)."""
-        n_keep = max(1, int(round(self.config.retrieval_keep * self.layout.num_tokens)))
+        n_keep = self._n_keep()
         for j, is_sparse in enumerate(sparse):
             todo = [i for i, frames in enumerate(per_obj) if is_sparse and frames[j][1].kept is None]
             if not todo:
