@@ -52,7 +52,7 @@ class RoutingConfig:
     max_fraction: float = field(default=0.75, metadata={
         "help": "a route covering more than this fraction of the tokens runs dense instead", "range": (0.0, 1.0),
         "choices": None, "live": True})
-    fill: str = field(default="no_memory", metadata={
+    fill: str = field(default="previous", metadata={
         "help": "features of tokens not routed", "range": None, "choices": FILLS, "live": True})
 
     def __post_init__(self) -> None:
