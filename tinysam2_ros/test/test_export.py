@@ -117,7 +117,9 @@ def test_tiny_manifest(tiny_export, tiny_model):
     assert [o["shape"] for o in md["outputs"]] == [["B", 4, 64, 64], ["B", 4], ["B", 4, 64], ["B", 1]]
     assert md["dynamic"] == {"B": {"min": 1, "opt": 1, "max": 8}, "N": {"min": 1, "opt": 2, "max": 6}}
     ma = st["memory_attention"]
-    assert [s["shape"] for s in ma["inputs"]] == [["B", 64, 16, 16], ["B", "K", 32], ["B", "K", 32], ["B", "K", 2]]
+    assert [s["shape"] for s in ma["inputs"]] == [["B", 256, 64], ["B", 256, 64], ["B", 256, 2],
+                                                  ["B", "K", 32], ["B", "K", 32], ["B", "K", 2]]
+    assert ma["outputs"][0]["shape"] == ["B", 256, 64]
     # tiny memory: 16x16 grid pooled 2x2 = 64 tokens/frame, budget 256, 4 prompted + 6 slots,
     # 16 pointers of 64 channels = 2 tokens of 32 each; pointers: 4 prompted + 15 recent
     assert ma["dynamic"]["K"] == {"min": 64, "opt": 256 + 16 * 2, "max": 256 + (4 + 15) * 2}

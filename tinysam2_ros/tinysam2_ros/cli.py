@@ -423,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .backends.engine_cli import add_build_engine_parser
 
     from .backends.benchmark import add_benchmark_parser
+    from .evaluation.efficiency import add_efficiency_parser
     from .evaluation.sweep import add_memory_report_parser
     from .evaluation.camera_jump import add_camera_jump_parser
     from .evaluation.probe import add_probe_parser
@@ -430,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .ros.soak import add_soak_parser
 
     add_memory_report_parser(sub)
+    add_efficiency_parser(sub)
     add_benchmark_parser(sub)
     add_export_parser(sub)
     add_build_engine_parser(sub)

@@ -36,6 +36,7 @@ import torch
 
 from . import BackendError
 from ..memory.config import MemoryConfig
+from ..modeling.rope import grid_coords
 from ..modeling.stages import STAGE_NAMES, build_stages
 
 FORMAT = 1
@@ -52,7 +53,8 @@ DYNAMIC_AXES: dict[str, dict[str, dict[int, str]]] = {
         "masks": _BATCHED, "iou_pred": _BATCHED, "mask_tokens": _BATCHED, "object_score_logits": _BATCHED,
     },
     "memory_attention": {
-        "pix_feat": _BATCHED, "memory": {0: "B", 1: "K"}, "memory_pos": {0: "B", 1: "K"},
+        "tokens": _BATCHED, "token_pos": _BATCHED, "token_coords": _BATCHED,
+        "memory": {0: "B", 1: "K"}, "memory_pos": {0: "B", 1: "K"},
         "memory_coords": {0: "B", 1: "K"}, "conditioned": _BATCHED,
     },
     "memory_encoder": {
@@ -64,7 +66,7 @@ INPUT_NAMES = {
     "image_encoder": ["images"],
     "mask_decoder": ["pix_feat", "high_res_0", "high_res_1", "point_coords", "point_labels", "mask_input",
                      "has_mask_input"],
-    "memory_attention": ["pix_feat", "memory", "memory_pos", "memory_coords"],
+    "memory_attention": ["tokens", "token_pos", "token_coords", "memory", "memory_pos", "memory_coords"],
     "memory_encoder": ["pix_feat", "mask_for_mem", "object_score_logits"],
 }
 OUTPUT_NAMES = {
@@ -160,8 +162,10 @@ def example_inputs(
         k = k if k is not None else 2 * h * h + 7
         coords = torch.rand(b, k, 2, generator=g) * h
         coords[:, -3:] = 0.0  # trailing pointer-like tokens: no rotation
-        return {"pix_feat": randn(b, c, h, h), "memory": randn(b, k, m), "memory_pos": randn(b, k, m),
-                "memory_coords": coords}
+        q = h * h  # dense queries (the export's query axis is fixed at h*w for now)
+        q_coords = grid_coords(h, h).unsqueeze(0).expand(b, -1, -1).contiguous()
+        return {"tokens": randn(b, q, c), "token_pos": randn(b, q, c), "token_coords": q_coords,
+                "memory": randn(b, k, m), "memory_pos": randn(b, k, m), "memory_coords": coords}
     if stage == "memory_encoder":
         score = randn(b, 1) * 5.0
         score[0] = 3.0  # one present object

@@ -41,7 +41,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "image_encoder": ("images",),
     "mask_decoder": ("pix_feat", "high_res_0", "high_res_1", "point_coords", "point_labels", "mask_input",
                      "has_mask_input"),
-    "memory_attention": ("pix_feat", "memory", "memory_pos", "memory_coords"),
+    "memory_attention": ("tokens", "token_pos", "token_coords", "memory", "memory_pos", "memory_coords"),
     "memory_encoder": ("pix_feat", "mask_for_mem", "object_score_logits"),
 }
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {

@@ -44,6 +44,14 @@ class MemoryConfig:
     keep_recent: int = field(default=1, metadata={
         "help": "newest qualifying frames kept regardless of quality ranking (at most num_slots)",
         "range": (0, 64), "choices": None, "live": True})
+    pool_logit_bias: bool = field(default=False, metadata={
+        "help": "pooled memory tokens carry a log(pool_factor^2) attention-logit bias, applied exactly by "
+                "repeating them (an experiment, docs/efficiency.md; costs keys)",
+        "range": None, "choices": None, "live": True})
+    retrieval_keep: float = field(default=1.0, metadata={
+        "help": "sparse memory retrieval: fraction of a tracked memory frame's tokens kept, chosen by the "
+                "attention they receive on the frame's first recall (prompted and newest frames stay dense; 1 = off)",
+        "range": (0.0, 1.0), "choices": None, "live": False})
     # internal (no parameter, no flag): frames after which a stored frame's retention score halves
     recency_half_life: float = 30.0
 
@@ -56,6 +64,8 @@ class MemoryConfig:
             errors.append("keep_recent must be in [0, num_slots]")
         if self.recency_half_life <= 0:
             errors.append("recency_half_life must be > 0")
+        if self.retrieval_keep <= 0.0:
+            errors.append(f"retrieval_keep must be in (0, 1], got {self.retrieval_keep}")
         if errors:
             raise ValueError("invalid memory config: " + "; ".join(errors))
 
