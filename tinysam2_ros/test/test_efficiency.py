@@ -127,11 +127,12 @@ def demo(tmp_path_factory):
     from tinysam2_ros.checkpoint import load_checkpoint
     from tinysam2_ros.evaluation.davis import first_annotations, load_frames
     from tinysam2_ros.evaluation.synth import SynthConfig, generate_sequence
+    from tinysam2_ros.weights import DEMO_MODEL, package_file
 
     root = tmp_path_factory.mktemp("synth")
     generate_sequence(root, "s", SynthConfig(num_frames=8, seed=1000, size=(256, 256)))
     m = build_model("tiny_norm")
-    load_checkpoint(m, "models/demo_tiny_norm.safetensors", preset="tiny_norm")
+    load_checkpoint(m, package_file(DEMO_MODEL), preset="tiny_norm")
     video = [np.asarray(Image.open(p).convert("RGB")) for p in load_frames(root, "s")]
     masks = {oid: mask for oid, (_, mask) in first_annotations(root, "s").items()}
     return m.eval(), video, masks

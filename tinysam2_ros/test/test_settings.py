@@ -29,11 +29,13 @@ def test_param_specs_are_unset_by_default_and_keep_range_choices_live():
     assert specs["knobs.count"].default == -1 and specs["knobs.count"].range == (-1, 9)
     assert specs["knobs.gain"].default == -1.0 and isinstance(specs["knobs.gain"].default, float)
     assert [s.live for s in specs.values()] == [True, False, True, True]
-    assert specs["knobs.on"].default is False  # a bool parameter cannot be unset: it starts at the field default
+    # a ROS bool cannot be unset: a bool setting is "" / "true" / "false", so a preset's true can be turned off
+    assert specs["knobs.on"].default == "" and specs["knobs.on"].choices == ("", "true", "false")
     assert specs["knobs.count"].description == "how many (-1 = preset)"
-    values = {"knobs.mode": "", "knobs.count": 0, "knobs.gain": -1.0, "knobs.on": False, "other": 5}
+    values = {"knobs.mode": "", "knobs.count": 0, "knobs.gain": -1.0, "knobs.on": "", "other": 5}
     assert param_overrides(values, Knobs, "knobs.") == {"count": 0}  # 0 is a value, -1 / '' are unset
-    assert param_overrides({"knobs.on": True}, Knobs, "knobs.") == {"on": True}
+    assert param_overrides({"knobs.on": "true"}, Knobs, "knobs.") == {"on": True}
+    assert param_overrides({"knobs.on": "false"}, Knobs, "knobs.") == {"on": False}
 
 
 def test_cli_flags_default_to_the_preset_and_check_choices():

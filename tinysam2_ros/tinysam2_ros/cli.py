@@ -29,11 +29,25 @@ def _memory_overrides(args: argparse.Namespace) -> dict:
     return cli_overrides(args, MemoryConfig)
 
 
+def _routing_overrides(args: argparse.Namespace) -> dict:
+    from .memory.routing import RoutingConfig
+    from .settings import cli_overrides
+
+    return cli_overrides(args, RoutingConfig, prefix="routing-")
+
+
 def _add_memory_args(p: argparse.ArgumentParser) -> None:
     from .memory.config import MemoryConfig
     from .settings import add_cli_flags
 
     add_cli_flags(p, MemoryConfig, "memory (defaults from the preset)")
+
+
+def _add_routing_args(p: argparse.ArgumentParser) -> None:
+    from .memory.routing import RoutingConfig
+    from .settings import add_cli_flags
+
+    add_cli_flags(p, RoutingConfig, "query routing (defaults from the preset)", prefix="routing-")
 
 
 def _add_backend_args(p: argparse.ArgumentParser) -> None:
@@ -56,6 +70,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         preset, checkpoint = choose_weights(args)
         out = run_eval(
             args.data_root, preset=preset, checkpoint=checkpoint, memory_overrides=overrides,
+            routing_overrides=_routing_overrides(args),
             prompt=args.prompt, sequences=args.sequences.split(",") if args.sequences else None,
             max_frames=args.max_frames, device=args.device, backend=args.backend, engine_dir=args.engine_dir,
             observe=census.observe if census else None, quality_oracle=oracle, save_masks=args.save_masks,
@@ -193,6 +208,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         gt = {i: g for i, g in gt.items() if i < len(frames)}
         source = f"{root}/{seq}"
     params = {f"memory.{k}": v for k, v in _memory_overrides(args).items()}
+    params.update({f"routing.{k}": v for k, v in _routing_overrides(args).items()})
     params["device"] = args.device
     if args.detector:
         return _demo_with_detector(args, frames, gt, out, preset, checkpoint, params, source)
@@ -344,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "unless given)")
     _add_backend_args(p)
     _add_memory_args(p)
+    _add_routing_args(p)
     p.set_defaults(func=_cmd_eval)
 
     default_params = package_file("config/tracker.yaml")
@@ -417,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also publish the generated video's exact depth and camera_info, turn the node's 3D on and "
                         "print the 3D position error against the truth (see docs/3d.md)")
     _add_memory_args(p)
+    _add_routing_args(p)
     p.set_defaults(func=_cmd_demo)
 
     from .backends.backend_cli import add_export_parser

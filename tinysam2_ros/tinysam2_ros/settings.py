@@ -18,9 +18,8 @@ parameter nor a flag. Optional ``"flag"`` renames the CLI flag (``--memory`` for
 A generated parameter or flag is *unset* by default, meaning "use the preset's value":
 the ROS parameter holds ``""`` (strings) or ``-1`` (numbers; their range must then
 start at 0 or above), the flag is ``None``. Only set values override the preset. A
-ROS parameter cannot hold "unset" beside true/false, so a bool parameter starts at
-the field's default and overrides the preset only when set to the other value (its
-CLI flag, ``--x`` / ``--no-x``, overrides both ways).
+ROS bool cannot be unset, so a bool setting is a string parameter ``""`` / ``"true"`` /
+``"false"`` (a preset's ``true`` can then be switched off); its CLI flag is ``--x`` / ``--no-x``.
 """
 from __future__ import annotations
 
@@ -63,10 +62,11 @@ def settings_of(cls) -> list[tuple[dataclasses.Field, type]]:
     return out
 
 
+BOOL_TEXT = ("true", "false")
+
+
 def _unset(f: dataclasses.Field, kind: type) -> Any:
-    if kind is bool:
-        return f.default
-    return UNSET_TEXT if kind is str else kind(UNSET_NUMBER)
+    return UNSET_TEXT if kind in (str, bool) else kind(UNSET_NUMBER)
 
 
 def param_specs(cls, prefix: str) -> tuple[ParamSpec, ...]:
@@ -76,7 +76,7 @@ def param_specs(cls, prefix: str) -> tuple[ParamSpec, ...]:
         md = f.metadata
         unset = _unset(f, kind)
         rng = md.get("range")
-        choices = md.get("choices")
+        choices = BOOL_TEXT if kind is bool else md.get("choices")
         specs.append(ParamSpec(
             name=prefix + f.name,
             default=unset,
@@ -108,7 +108,7 @@ def param_overrides(values: dict[str, Any], cls, prefix: str) -> dict[str, Any]:
     for f, kind in settings_of(cls):
         name = prefix + f.name
         if name in values and values[name] != _unset(f, kind):
-            out[f.name] = kind(values[name])
+            out[f.name] = values[name] == "true" if kind is bool else kind(values[name])
     return out
 
 

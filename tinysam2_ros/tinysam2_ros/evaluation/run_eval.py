@@ -109,6 +109,7 @@ def run_eval(
     preset: str = "tinysam2",
     checkpoint: str | Path | None = None,
     memory_overrides: dict | None = None,
+    routing_overrides: dict | None = None,
     prompt: str = "mask",
     sequences: list[str] | None = None,
     max_frames: int | None = None,
@@ -142,7 +143,7 @@ def run_eval(
         log(f"WARNING: RANDOM WEIGHTS: {preset} is not trained; J&F says nothing about the model")
     else:
         raise ValueError("no checkpoint given (pass --random-weights to evaluate an untrained model)")
-    config = TrackerConfig.from_preset(preset_dict, memory_overrides)
+    config = TrackerConfig.from_preset(preset_dict, memory_overrides, routing_overrides)
     if quality_oracle is not None and not (config.memory.compressed and 0 < config.memory.write_threshold <= 1):
         raise ValueError("a quality oracle needs the tinysam2 memory with a write threshold in (0, 1] "
                          f"(got compression {config.memory.compression!r}, write threshold {config.memory.write_threshold})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..memory.config import MemoryConfig
+from ..memory.routing import RoutingConfig
 from ..settings import ParamSpec, default_param_specs, param_overrides, param_specs
 from ..geometry.depth3d import Depth3DConfig
 from ..tracking.association import AssociationConfig
@@ -18,9 +19,11 @@ from ..tracking.association import AssociationConfig
 DEPTH3D_PREFIX = "depth3d."
 DETECTION_PREFIX = "detections."
 MEMORY_PREFIX = "memory."
+ROUTING_PREFIX = "routing."
 # parameter prefix -> settings dataclass; unset ('' / -1) = the preset's value
 SECTIONS: dict[str, type] = {
     MEMORY_PREFIX: MemoryConfig,
+    ROUTING_PREFIX: RoutingConfig,
 }
 # parameter prefix -> settings dataclass without a preset: parameters start at its defaults
 DEFAULTED_SECTIONS: dict[str, type] = {
@@ -110,6 +113,11 @@ def section_overrides(values: dict[str, Any], prefix: str) -> dict[str, Any]:
 def memory_overrides(values: dict[str, Any]) -> dict[str, Any]:
     """Memory settings set by parameters (the unset '' and -1 left out)."""
     return section_overrides(values, MEMORY_PREFIX)
+
+
+def routing_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Query-routing settings set by parameters (the unset '' and -1 left out)."""
+    return section_overrides(values, ROUTING_PREFIX)
 
 
 def yaml_text() -> str:

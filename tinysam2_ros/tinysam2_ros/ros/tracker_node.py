@@ -48,7 +48,7 @@ from .image_codec import (
 )
 from .device_check import device_problem
 from .limits import PromptLimits, compressed_refusal, image_size_refusal
-from .params import PARAMS, SPECS, association_config, memory_overrides, validate
+from .params import PARAMS, SPECS, association_config, memory_overrides, routing_overrides, validate
 from .render import crop_mask, draw_overlay, label_image
 from .session import PromptRequest, SessionBusy, TrackingSession
 
@@ -142,10 +142,13 @@ class TrackerNode(LifecycleNode):
         from ..tracking.tracker import TrackerConfig
 
         tr = self.session.tracker
-        mem = TrackerConfig.from_preset(self._preset, memory_overrides(values)).memory
+        config = TrackerConfig.from_preset(self._preset, memory_overrides(values), routing_overrides(values))
+        mem = config.memory
         if mem.compression != tr.memory.compression or mem.pool_factor != tr.memory.pool_factor:
             raise ValueError("memory.compression and memory.pool_factor change on configure only")
         tr.config.memory = mem
+        if config.routing != tr.config.routing:
+            tr.config.routing = config.routing
         tr.config.lost_after = int(values["lost_after"])
         tr.config.stamp_tolerance = float(values["stamp_tolerance"])
         self._apply_live_detections(values)
@@ -172,7 +175,7 @@ class TrackerNode(LifecycleNode):
             else:
                 self.get_logger().warning("no checkpoint set: running with random weights (masks are meaningless)")
             config = TrackerConfig.from_preset(
-                preset, memory_overrides(v), feature_window=v["feature_window"], lost_after=v["lost_after"],
+                preset, memory_overrides(v), routing_overrides(v), feature_window=v["feature_window"], lost_after=v["lost_after"],
                 stamp_tolerance=v["stamp_tolerance"],
             )
             if v["backend"] != "torch":
