@@ -41,3 +41,18 @@ def edgetam_reference_outputs(edgetam_fixture_dir):
 
     with np.load(edgetam_fixture_dir / "reference_outputs.npz") as data:
         return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_export_cache(tmp_path_factory):
+    """Exports cached by the onnxruntime / auto backends (``backends/auto.py``) go to a
+    temporary directory, never into the user's ~/.cache."""
+    import os
+
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old

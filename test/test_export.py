@@ -23,9 +23,9 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 
 from tinysam2_ros.backends import BackendError, make_backend  # noqa: E402
+from tinysam2_ros.backends.manifest import Manifest, ManifestError, concrete_shape, sha256_file  # noqa: E402
 from tinysam2_ros.backends.onnx_export import (  # noqa: E402
-    INPUT_NAMES, OUTPUT_NAMES, ManifestError, concrete_shape, dynamic_ranges, example_inputs, export_stages,
-    load_manifest, sha256_file,
+    INPUT_NAMES, OUTPUT_NAMES, dynamic_ranges, example_inputs, export_stages,
 )
 from tinysam2_ros.backends.onnxruntime_backend import OrtBackend  # noqa: E402
 from tinysam2_ros.backends.opcheck import (  # noqa: E402
@@ -71,11 +71,11 @@ def _graph_ops(path) -> set[str]:
 
 def _parity(model, export_dir, sizes) -> dict[str, float]:
     """max |ort - torch| per stage output over ``sizes``, checking the output shapes too."""
-    manifest = load_manifest(export_dir)
+    manifest = Manifest.load(export_dir)
     stages = build_stages(model)
     worst: dict[str, float] = {}
     for name in STAGE_NAMES:
-        entry = manifest["stages"][name]
+        entry = manifest.stages[name]
         sess = ort.InferenceSession(str(export_dir / entry["file"]), providers=["CPUExecutionProvider"])
         for i, sz in enumerate(sizes):
             inputs = example_inputs(model, name, b=sz["B"], n=sz["N"], k=sz["K"], seed=10 + i)
@@ -98,10 +98,11 @@ def _assert_parity(worst: dict[str, float]) -> None:
 
 # ---------------------------------------------------------------------------------- tiny
 def test_tiny_manifest(tiny_export, tiny_model):
-    m = load_manifest(tiny_export)
-    assert m["format"] == 1 and m["preset"] == "tiny" and m["opset"] == 17
-    assert (m["image_size"], m["hidden_dim"], m["mem_dim"]) == (256, 64, 32)
-    st = m["stages"]
+    m = Manifest.load(tiny_export)
+    assert m.format == 2 and m.preset == "tiny" and m.opset == 17 and m.precision == "fp32"
+    assert m.versions == {"torch": torch.__version__, "onnx": onnx.__version__}
+    assert (m.image_size, m.hidden_dim, m.mem_dim) == (256, 64, 32)
+    st = m.stages
     assert set(st) == set(STAGE_NAMES)
     for name in STAGE_NAMES:
         assert [s["name"] for s in st[name]["inputs"]] == INPUT_NAMES[name]
@@ -135,7 +136,7 @@ def test_tiny_graphs_pass_op_check_and_no_complex(tiny_export):
 
 
 def test_tiny_parity_two_sizes(tiny_export, tiny_model):
-    k = load_manifest(tiny_export)["stages"]["memory_attention"]["dynamic"]["K"]
+    k = Manifest.load(tiny_export).stages["memory_attention"]["dynamic"]["K"]
     worst = _parity(tiny_model, tiny_export, [{"B": 1, "N": 1, "K": k["min"]}, {"B": 3, "N": 5, "K": k["max"]}])
     _assert_parity(worst)
 
@@ -211,9 +212,9 @@ def test_tracker_with_ort_backend_matches_torch(tiny_model, tiny_export):
 # ------------------------------------------------------------------------------- edgetam
 def test_edgetam_export_with_fixture_weights(edgetam_export):
     model, out = edgetam_export
-    m = load_manifest(out)
-    assert (m["image_size"], m["hidden_dim"], m["mem_dim"]) == (1024, 256, 64)
-    st = m["stages"]
+    m = Manifest.load(out)
+    assert (m.image_size, m.hidden_dim, m.mem_dim) == (1024, 256, 64)
+    st = m.stages
     assert st["image_encoder"]["inputs"][0]["shape"] == [1, 3, 1024, 1024]
     assert [o["shape"] for o in st["image_encoder"]["outputs"]] == [[1, 32, 256, 256], [1, 64, 128, 128],
                                                                      [1, 256, 64, 64]]
@@ -286,33 +287,33 @@ def test_complex_tensors_are_flagged(tmp_path):
 # ------------------------------------------------------------------------------ manifest
 def test_manifest_errors(tiny_export, tmp_path):
     with pytest.raises(ManifestError, match="not found"):
-        load_manifest(tmp_path / "nowhere")
+        Manifest.load(tmp_path / "nowhere")
     with pytest.raises(ManifestError, match="manifest.json not found"):
-        load_manifest(tmp_path)
+        Manifest.load(tmp_path)
 
     out = tmp_path / "exp"
     shutil.copytree(tiny_export, out)
     good = (out / "manifest.json").read_text()
     (out / "manifest.json").write_text(good[: len(good) // 2])
     with pytest.raises(ManifestError, match="corrupt"):
-        load_manifest(out)
+        Manifest.load(out)
     broken = json.loads(good)
     del broken["stages"]["mask_decoder"]["sha256"]
     (out / "manifest.json").write_text(json.dumps(broken))
     with pytest.raises(ManifestError, match="mask_decoder.*corrupt.*sha256"):
-        load_manifest(out)
+        Manifest.load(out)
     (out / "manifest.json").write_text(good)
-    load_manifest(out)
+    Manifest.load(out)
 
     (out / "memory_attention.onnx").rename(out / "moved.onnx")
     with pytest.raises(ManifestError, match="memory_attention.onnx is missing"):
-        load_manifest(out)
+        Manifest.load(out)
     (out / "moved.onnx").rename(out / "memory_attention.onnx")
 
     with open(out / "image_encoder.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ManifestError, match="image_encoder.*sha256"):
-        load_manifest(out)
+        Manifest.load(out)
     with pytest.raises(BackendError, match="sha256"):  # ManifestError is a BackendError
         OrtBackend(out)
 
@@ -367,7 +368,7 @@ def test_cli_export_table_and_failing_op_check(tmp_path, capsys, monkeypatch):
     text = capsys.readouterr().out
     assert "memory_attention.onnx" in text and "B 1/1/4, K 64/288/294" in text and "N 1/2/18" in text
     assert "operator check: ok" in text and "parity: max |onnxruntime - torch|" in text
-    load_manifest(tmp_path / "a")
+    Manifest.load(tmp_path / "a")
 
     from tinysam2_ros.backends import opcheck
 
@@ -407,7 +408,7 @@ def test_tiny_norm_exports_with_parity(tmp_path):
     torch.manual_seed(0)
     model = build_model("tiny_norm")
     export_stages(model, tmp_path, "tiny_norm", max_objects=2, max_points=2)
-    k = load_manifest(tmp_path)["stages"]["memory_attention"]["dynamic"]["K"]
+    k = Manifest.load(tmp_path).stages["memory_attention"]["dynamic"]["K"]
     _assert_parity(_parity(model, tmp_path, [{"B": 1, "N": 1, "K": k["min"]}]))
     inputs = example_inputs(model, "image_encoder", b=1, n=1, k=1, seed=3)
     with torch.no_grad():

@@ -58,7 +58,8 @@ def run_export(args: argparse.Namespace) -> int:
     from ..memory.config import MemoryConfig
     from ..modeling.build import build_model
     from ..modeling.presets import get_preset
-    from .onnx_export import export_stages, load_manifest
+    from .manifest import Manifest
+    from .onnx_export import export_stages
     from .opcheck import UnsupportedOperatorError
 
     def fail(msg: str, code: int = 2) -> int:
@@ -93,7 +94,7 @@ def run_export(args: argparse.Namespace) -> int:
         op_check, code = f"FAILED\n{exc}", 1
     except (ValueError, BackendError) as exc:
         return fail(str(exc))
-    manifest = load_manifest(out)
+    manifest = Manifest.load(out)
 
     parity: dict[str, dict[str, float]] = {}
     if not args.skip_parity:
@@ -105,7 +106,7 @@ def run_export(args: argparse.Namespace) -> int:
             print(f"parity check skipped: {exc}")
 
     rows = [("stage", "file", "size", "dynamic axes (min/opt/max)", "max |ort - torch|")]
-    for name, entry in manifest["stages"].items():
+    for name, entry in manifest.stages.items():
         dyn = ", ".join(f"{k} {r['min']}/{r['opt']}/{r['max']}" for k, r in entry["dynamic"].items()) or "fixed"
         diff = f"{max(parity[name].values()):.2e}" if name in parity else "-"
         rows.append((name, entry["file"], _size(out / entry["file"]), dyn, diff))

@@ -1,21 +1,10 @@
-"""Export the four model stages to ONNX and describe them in ``manifest.json``.
+"""Export the four model stages to ONNX, described by a :class:`manifest.Manifest`.
 
 ``export_stages`` writes ``<out_dir>/<stage>.onnx`` for every stage of
-``modeling/stages.py`` (same input/output names as the stage contracts) and a
-manifest that the onnxruntime backend and the TensorRT engine builder read::
-
-    {"format": 1, "preset": ..., "image_size": S, "hidden_dim": C, "mem_dim": m, "opset": 17,
-     "stages": {"mask_decoder": {"file": "mask_decoder.onnx", "sha256": ...,
-                                 "inputs": [{"name": "pix_feat", "dtype": "float32", "shape": ["B", 256, 64, 64]}, ...],
-                                 "outputs": [...],
-                                 "dynamic": {"B": {"min": 1, "opt": 1, "max": 16}, "N": {...}}}, ...}}
-
-Shapes use the symbolic names of the dynamic axes: ``B`` objects (mask decoder,
-memory attention, memory encoder), ``N`` prompt points (mask decoder), ``K``
-memory tokens (memory attention). The image encoder is fixed at ``1x3xSxS``.
-The ranges come from the preset (see :func:`dynamic_ranges`); the manifest also
-records the memory settings they were derived from (``"memory"``) and the export
-options (``"max_objects"``, ``"max_points"``).
+``modeling/stages.py`` (same input/output names as the stage contracts) and
+``manifest.json`` (see ``manifest.py``), read back by the onnxruntime backend and
+the TensorRT engine builder. The dynamic ranges come from the preset and the
+tracker's memory settings (see :func:`dynamic_ranges`).
 
 Exports use the TorchScript exporter (``dynamo=False``), constant folding on, on
 a deep copy of the model in eval mode with the RepViT trunk fused; the caller's
@@ -26,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,9 +25,7 @@ import torch
 from . import BackendError
 from ..memory.config import MemoryConfig
 from ..modeling.stages import STAGE_NAMES, build_stages
-
-FORMAT = 1
-MANIFEST_NAME = "manifest.json"
+from .manifest import STAGE_INPUTS, STAGE_OUTPUTS, Manifest, sha256_file
 
 # which axes of which tensor are dynamic, per stage (axis -> symbolic name)
 _BATCHED = {0: "B"}
@@ -60,25 +46,8 @@ DYNAMIC_AXES: dict[str, dict[str, dict[int, str]]] = {
     },
 }
 
-INPUT_NAMES = {
-    "image_encoder": ["images"],
-    "mask_decoder": ["pix_feat", "high_res_0", "high_res_1", "point_coords", "point_labels", "mask_input",
-                     "has_mask_input"],
-    "memory_attention": ["pix_feat", "memory", "memory_pos", "memory_coords"],
-    "memory_encoder": ["pix_feat", "mask_for_mem", "object_score_logits"],
-}
-OUTPUT_NAMES = {
-    "image_encoder": ["high_res_0", "high_res_1", "pix_feat"],
-    "mask_decoder": ["masks", "iou_pred", "mask_tokens", "object_score_logits"],
-    "memory_attention": ["conditioned"],
-    "memory_encoder": ["memory"],
-}
-
-_NP_DTYPES = {"float32": np.float32, "int32": np.int32, "float16": np.float16, "int64": np.int64, "bool": np.bool_}
-
-
-class ManifestError(BackendError):
-    """An export directory that cannot be used: no/corrupt manifest, missing or changed graph."""
+INPUT_NAMES = {k: list(v) for k, v in STAGE_INPUTS.items()}
+OUTPUT_NAMES = {k: list(v) for k, v in STAGE_OUTPUTS.items()}
 
 
 # ---------------------------------------------------------------------------- ranges
@@ -182,14 +151,6 @@ def _tensor_specs(names: list[str], tensors, axes: dict[str, dict[int, str]]) ->
         shape = [dyn.get(i, int(d)) for i, d in enumerate(t.shape)]
         specs.append({"name": name, "dtype": _dtype_name(t), "shape": shape})
     return specs
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _inference_copy(model):
@@ -333,18 +294,14 @@ def export_stages(
 
     clone = _inference_copy(model)
     stages = build_stages(clone)
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "preset": preset_name,
-        "image_size": int(clone.image_size),
-        "hidden_dim": int(clone.hidden_dim),
-        "mem_dim": int(clone.mem_dim),
-        "opset": int(opset),
-        "max_objects": int(max_objects),
-        "max_points": int(max_points),
-        "memory": memory.to_dict(),
-        "stages": {},
-    }
+    import onnx
+
+    manifest = Manifest(
+        preset=preset_name, image_size=int(clone.image_size), hidden_dim=int(clone.hidden_dim),
+        mem_dim=int(clone.mem_dim), opset=int(opset), stages={}, max_objects=int(max_objects),
+        max_points=int(max_points), memory=memory.to_dict(),
+        versions={"torch": torch.__version__, "onnx": onnx.__version__},
+    )
     # example sizes distinct from 1 and from each other, so no axis is specialised
     k_example = max(ranges["K"]["min"] + 5, 7)
     for name in STAGE_NAMES:
@@ -364,101 +321,19 @@ def export_stages(
                 raise RuntimeError(f"export of {name} dropped input(s) {still}")
         _dedupe_constants(path)
         used = sorted({sym for spec in axes.values() for sym in spec.values()})
-        manifest["stages"][name] = {
+        manifest.stages[name] = {
             "file": path.name,
             "sha256": sha256_file(path),
             "inputs": _tensor_specs(INPUT_NAMES[name], inputs.values(), axes),
             "outputs": _tensor_specs(OUTPUT_NAMES[name], outputs, axes),
             "dynamic": {sym: dict(ranges[sym]) for sym in used},
         }
-    manifest_path = out_dir / MANIFEST_NAME
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest_path = manifest.save(out_dir)
     if check_ops:
         from .opcheck import check_export
 
         check_export(out_dir)
     return manifest_path
-
-
-# ---------------------------------------------------------------------------- manifest
-def read_manifest_json(directory: str | Path) -> tuple[Path, dict[str, Any]]:
-    """``(path, manifest)`` of ``<directory>/manifest.json``: the directory and file exist,
-    the JSON parses to an object of this format. Deeper checks are the callers'."""
-    directory = Path(directory)
-    path = directory / MANIFEST_NAME
-    if not directory.is_dir():
-        raise ManifestError(
-            f"export directory {directory} not found (create it with `tinysam2 export --out {directory}`)"
-        )
-    if not path.is_file():
-        raise ManifestError(f"{path} not found: is {directory} an export directory (`tinysam2 export`)?")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path} is corrupt (not valid JSON: {exc}); re-run `tinysam2 export`") from exc
-    if not isinstance(manifest, dict):
-        raise ManifestError(f"{path} is corrupt: expected a JSON object")
-    if manifest.get("format") != FORMAT:
-        raise ManifestError(f"{path} has format {manifest.get('format')!r}, this version reads format {FORMAT}")
-    return path, manifest
-
-
-def load_manifest(directory: str | Path, verify_sha: bool = True) -> dict[str, Any]:
-    """Read and validate ``<directory>/manifest.json``: every stage present with its
-    graph file, shapes and dtypes well formed, sha256 matching (unless ``verify_sha=False``).
-    Adds ``"dir"`` (the directory, as a string) to the returned dict."""
-    directory = Path(directory)
-    path, manifest = read_manifest_json(directory)
-    missing = [k for k in ("preset", "image_size", "hidden_dim", "mem_dim", "opset", "stages") if k not in manifest]
-    if missing:
-        raise ManifestError(f"{path} is corrupt: missing {', '.join(missing)}")
-    stages = manifest["stages"]
-    if not isinstance(stages, dict):
-        raise ManifestError(f"{path} is corrupt: 'stages' is not an object")
-    absent = [s for s in STAGE_NAMES if s not in stages]
-    if absent:
-        raise ManifestError(f"{path} lacks stage(s) {', '.join(absent)}")
-    for name in STAGE_NAMES:
-        entry = stages[name]
-        where = f"{path}: stage {name}"
-        try:
-            file, sha, dyn = entry["file"], entry["sha256"], entry.get("dynamic", {})
-            for io in ("inputs", "outputs"):
-                names = [spec["name"] for spec in entry[io]]
-                expected = (INPUT_NAMES if io == "inputs" else OUTPUT_NAMES)[name]
-                if names != expected:
-                    raise ManifestError(f"{where} {io} are {names}, expected {expected}")
-                for spec in entry[io]:
-                    if spec["dtype"] not in _NP_DTYPES:
-                        raise ManifestError(f"{where}: {spec['name']} has unknown dtype {spec['dtype']!r}")
-                    for d in spec["shape"]:
-                        if isinstance(d, str):
-                            if d not in dyn:
-                                raise ManifestError(f"{where}: axis {d!r} of {spec['name']} has no range in 'dynamic'")
-                        elif not isinstance(d, int) or d < 1:
-                            raise ManifestError(f"{where}: bad dimension {d!r} of {spec['name']}")
-            for sym, r in dyn.items():
-                if not (1 <= r["min"] <= r["opt"] <= r["max"]):
-                    raise ManifestError(f"{where}: range of {sym} must satisfy 1 <= min <= opt <= max, got {r}")
-        except (KeyError, TypeError) as exc:
-            raise ManifestError(f"{where} is corrupt (missing or malformed {exc})") from exc
-        graph = directory / file
-        if not graph.is_file():
-            raise ManifestError(f"{where}: graph file {graph} is missing; re-run `tinysam2 export`")
-        if verify_sha:
-            actual = sha256_file(graph)
-            if actual != sha:
-                raise ManifestError(
-                    f"{where}: sha256 of {graph.name} is {actual[:16]}..., the manifest says {str(sha)[:16]}... "
-                    "(file changed or replaced after export); re-run `tinysam2 export`"
-                )
-    manifest["dir"] = str(directory)
-    return manifest
-
-
-def concrete_shape(spec: dict, sizes: dict[str, int]) -> tuple[int, ...]:
-    """A manifest shape with its symbolic axes replaced by ``sizes``."""
-    return tuple(sizes[d] if isinstance(d, str) else d for d in spec["shape"])
 
 
 # ---------------------------------------------------------------------------- parity
@@ -472,11 +347,9 @@ def compare_with_torch(
         import onnxruntime as ort
     except ImportError as exc:
         raise BackendError("onnxruntime is not installed (pip install onnxruntime)") from exc
-    manifest = load_manifest(export_dir)
+    manifest = Manifest.load(export_dir)
     export_dir = Path(export_dir)
-    dyn = {}
-    for entry in manifest["stages"].values():
-        dyn.update(entry.get("dynamic", {}))
+    dyn = manifest.ranges()
     if sizes is None:
         sizes = [{"B": 1, "N": 1, "K": dyn["K"]["min"]}, {"B": 3, "N": 5, "K": dyn["K"]["opt"]}]
     modes = {mod: mod.training for mod in model.modules()}  # build_stages puts submodules in eval
@@ -487,14 +360,14 @@ def compare_with_torch(
             mod.train(training)
 
 
-def _compare(model, export_dir: Path, manifest: dict, sizes: list[dict[str, int]], seed: int, ort):
+def _compare(model, export_dir: Path, manifest: Manifest, sizes: list[dict[str, int]], seed: int, ort):
     stages = build_stages(model)
     device = next(model.parameters()).device
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     result: dict[str, dict[str, float]] = {}
     for name in STAGE_NAMES:
-        sess = ort.InferenceSession(str(export_dir / manifest["stages"][name]["file"]), opts,
+        sess = ort.InferenceSession(str(manifest.path(name)), opts,
                                     providers=["CPUExecutionProvider"])
         diffs: dict[str, float] = {}
         for i, sz in enumerate(sizes):
