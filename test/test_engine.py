@@ -67,9 +67,11 @@ MEMORY_ATTENTION = {
     "file": "memory_attention.onnx",
     "sha256": "2" * 64,
     "inputs": [{"name": n, "dtype": "float32", "shape": s} for n, s in zip(
-        STAGE_INPUTS["memory_attention"], (["B", 64, 16, 16], ["B", "K", 32], ["B", "K", 32], ["B", "K", 2]))],
-    "outputs": [{"name": "conditioned", "dtype": "float32", "shape": ["B", 64, 16, 16]}],
-    "dynamic": {"B": {"min": 1, "opt": 1, "max": 16}, "K": {"min": 64, "opt": 288, "max": 294}},
+        STAGE_INPUTS["memory_attention"],
+        (["B", "Nq", 64], ["B", "Nq", 64], ["B", "Nq", 2], ["B", "K", 32], ["B", "K", 32], ["B", "K", 2]))],
+    "outputs": [{"name": "conditioned", "dtype": "float32", "shape": ["B", "Nq", 64]}],
+    "dynamic": {"B": {"min": 1, "opt": 1, "max": 16}, "K": {"min": 64, "opt": 288, "max": 294},
+                "Nq": {"min": 1, "opt": 64, "max": 256}},
 }
 MEMORY_ENCODER = {
     "file": "memory_encoder.onnx",
@@ -111,6 +113,15 @@ def test_profile_shapes_substitute_symbolic_axes():
     assert shapes["point_labels"] == ((1, 1), (1, 2), (16, 18))
     assert shapes["has_mask_input"] == ((1,), (1,), (16,))
     assert dynamic_inputs(MASK_DECODER) == [s["name"] for s in MASK_DECODER["inputs"]]
+
+
+def test_memory_attention_profile_has_a_query_axis():
+    """The TensorRT profile of memory attention spans 1..h*w query tokens (routing) and
+    min..max memory tokens, with the opt shapes TensorRT tunes its kernels for."""
+    shapes = profile_shapes(MEMORY_ATTENTION)
+    assert shapes["tokens"] == ((1, 1, 64), (1, 64, 64), (16, 256, 64))
+    assert shapes["token_coords"] == ((1, 1, 2), (1, 64, 2), (16, 256, 2))
+    assert shapes["memory"] == ((1, 64, 32), (1, 288, 32), (16, 294, 32))
 
 
 def test_profile_shapes_fixed_stage_and_missing_range():

@@ -78,14 +78,15 @@ def _parity(model, export_dir, sizes) -> dict[str, float]:
         entry = manifest.stages[name]
         sess = ort.InferenceSession(str(export_dir / entry["file"]), providers=["CPUExecutionProvider"])
         for i, sz in enumerate(sizes):
-            inputs = example_inputs(model, name, b=sz["B"], n=sz["N"], k=sz["K"], seed=10 + i)
+            inputs = example_inputs(model, name, b=sz["B"], n=sz["N"], k=sz["K"], seed=10 + i, q=sz.get("Nq"))
             with torch.no_grad():
                 ref = stages[name](*inputs.values())
             ref = ref if isinstance(ref, tuple) else (ref,)
             got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})
             for spec, r, o in zip(entry["outputs"], ref, got):
                 b = 1 if name == "image_encoder" else sz["B"]
-                assert o.shape == concrete_shape(spec, {"B": b, "N": sz["N"], "K": sz["K"]}) == tuple(r.shape)
+                q = sz.get("Nq", model.feat_size ** 2)
+                assert o.shape == concrete_shape(spec, {"B": b, "N": sz["N"], "K": sz["K"], "Nq": q}) == tuple(r.shape)
                 key = f"{name}.{spec['name']}"
                 worst[key] = max(worst.get(key, 0.0), float(np.abs(r.numpy() - o).max()))
     return worst
@@ -118,7 +119,10 @@ def test_tiny_manifest(tiny_export, tiny_model):
     assert [o["shape"] for o in md["outputs"]] == [["B", 4, 64, 64], ["B", 4], ["B", 4, 64], ["B", 1]]
     assert md["dynamic"] == {"B": {"min": 1, "opt": 1, "max": 8}, "N": {"min": 1, "opt": 2, "max": 6}}
     ma = st["memory_attention"]
-    assert [s["shape"] for s in ma["inputs"]] == [["B", 64, 16, 16], ["B", "K", 32], ["B", "K", 32], ["B", "K", 2]]
+    assert [s["shape"] for s in ma["inputs"]] == [["B", "Nq", 64], ["B", "Nq", 64], ["B", "Nq", 2],
+                                                  ["B", "K", 32], ["B", "K", 32], ["B", "K", 2]]
+    assert ma["outputs"][0]["shape"] == ["B", "Nq", 64]
+    assert ma["dynamic"]["Nq"] == {"min": 1, "opt": 256, "max": 256}  # 16x16 grid, dense by default
     # tiny memory: 16x16 grid pooled 2x2 = 64 tokens/frame, budget 256, 4 prompted + 6 slots,
     # 16 pointers of 64 channels = 2 tokens of 32 each; pointers: 4 prompted + 15 recent
     assert ma["dynamic"]["K"] == {"min": 64, "opt": 256 + 16 * 2, "max": 256 + (4 + 15) * 2}
@@ -137,7 +141,9 @@ def test_tiny_graphs_pass_op_check_and_no_complex(tiny_export):
 
 def test_tiny_parity_two_sizes(tiny_export, tiny_model):
     k = Manifest.load(tiny_export).stages["memory_attention"]["dynamic"]["K"]
-    worst = _parity(tiny_model, tiny_export, [{"B": 1, "N": 1, "K": k["min"]}, {"B": 3, "N": 5, "K": k["max"]}])
+    # dense queries, then a routed subset (Nq < h*w) with the largest memory
+    worst = _parity(tiny_model, tiny_export, [{"B": 1, "N": 1, "K": k["min"]},
+                                              {"B": 3, "N": 5, "K": k["max"], "Nq": 37}])
     _assert_parity(worst)
 
 
@@ -231,7 +237,8 @@ def test_edgetam_export_with_fixture_weights(edgetam_export):
 
 def test_edgetam_parity_two_sizes(edgetam_export):
     model, out = edgetam_export
-    _assert_parity(_parity(model, out, [{"B": 1, "N": 1, "K": 512}, {"B": 3, "N": 5, "K": 3 * 512 + 12}]))
+    _assert_parity(_parity(model, out, [{"B": 1, "N": 1, "K": 512},
+                                        {"B": 3, "N": 5, "K": 3 * 512 + 12, "Nq": 700}]))  # routed: 700 of 4096
 
 
 # ------------------------------------------------------------------------------ op check
@@ -366,7 +373,7 @@ def _cli(argv):
 def test_cli_export_table_and_failing_op_check(tmp_path, capsys, monkeypatch):
     assert _cli(["export", "--preset", "tiny", "--out", str(tmp_path / "a"), "--max-objects", "4"]) == 0
     text = capsys.readouterr().out
-    assert "memory_attention.onnx" in text and "B 1/1/4, K 64/288/294" in text and "N 1/2/18" in text
+    assert "memory_attention.onnx" in text and "B 1/1/4, K 64/288/294, Nq 1/256/256" in text and "N 1/2/18" in text
     assert "operator check: ok" in text and "parity: max |onnxruntime - torch|" in text
     Manifest.load(tmp_path / "a")
 

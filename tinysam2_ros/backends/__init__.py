@@ -35,8 +35,8 @@ class GraphBackend:
         return self._run("mask_decoder", pix_feat, high_res_0, high_res_1, point_coords, point_labels, mask_input,
                          has_mask_input)
 
-    def memory_attention(self, pix_feat, memory, memory_pos, memory_coords):
-        return self._run("memory_attention", pix_feat, memory, memory_pos, memory_coords)[0]
+    def memory_attention(self, tokens, token_pos, token_coords, memory, memory_pos, memory_coords):
+        return self._run("memory_attention", tokens, token_pos, token_coords, memory, memory_pos, memory_coords)[0]
 
     def memory_encoder(self, pix_feat, mask_for_mem, object_score_logits):
         return self._run("memory_encoder", pix_feat, mask_for_mem, object_score_logits)[0]

@@ -15,7 +15,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
         "export",
         help="export the model stages to ONNX (for the onnxruntime and tensorrt backends)",
         description="Export image encoder, mask decoder, memory attention and memory encoder to OUT/<stage>.onnx "
-        "with dynamic objects (B), prompt points (N) and memory tokens (K), write OUT/manifest.json (shapes, "
+        "with dynamic objects (B), prompt points (N), memory-attention query tokens (Nq) and memory tokens (K), write OUT/manifest.json (shapes, "
         "dynamic ranges from the preset's memory settings, sha256) and check every graph against the operators "
         "the TensorRT 10 ONNX parser supports. Prints one row per stage; exit 1 if a graph has an unsupported "
         "operator or (when onnxruntime is installed) differs from PyTorch beyond --tol.",
@@ -26,6 +26,8 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--max-objects", type=int, default=16, help="largest object batch B (default 16)")
     p.add_argument("--max-points", type=int, default=16, help="largest number of clicks; N max = this + 2 (box)")
+    p.add_argument("--opt-queries", type=int,
+                   help="memory-attention query tokens TensorRT tunes for (axis Nq, 1..h*w; default h*w, dense)")
     p.add_argument("--skip-parity", action="store_true", help="do not compare onnxruntime with PyTorch")
     p.add_argument("--tol", type=float, default=1e-3, help="max |diff| onnxruntime vs PyTorch (default 1e-3)")
     g = p.add_argument_group("memory settings the K range is derived from (defaults from the preset)")
@@ -87,7 +89,7 @@ def run_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         export_stages(model, out, args.preset, opset=args.opset, max_objects=args.max_objects,
-                      max_points=args.max_points, memory=memory)
+                      max_points=args.max_points, memory=memory, opt_queries=args.opt_queries)
         op_check = "ok (TensorRT 10 ONNX parser operators)"
         code = 0
     except UnsupportedOperatorError as exc:

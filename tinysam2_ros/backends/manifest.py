@@ -14,8 +14,9 @@ the checks. Format 2::
                             "outputs": [...], "dynamic": {"B": {"min": 1, "opt": 1, "max": 16}, ...}}}}
 
 Shapes name their dynamic axes: ``B`` objects, ``N`` prompt points, ``Nq`` query
-tokens and ``K`` memory tokens of memory attention. Format 1 (memory attention on
-the whole ``pix_feat`` grid, no ``precision``) is refused with a re-export hint.
+tokens (1..h*w: a routed subset of the image tokens, or all of them) and ``K``
+memory tokens of memory attention. Format 1 (memory attention on the whole
+``pix_feat`` grid, no ``precision``) is refused with a re-export hint.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ STAGE_INPUTS: dict[str, tuple[str, ...]] = {
     "image_encoder": ("images",),
     "mask_decoder": ("pix_feat", "high_res_0", "high_res_1", "point_coords", "point_labels", "mask_input",
                      "has_mask_input"),
-    "memory_attention": ("pix_feat", "memory", "memory_pos", "memory_coords"),
+    "memory_attention": ("tokens", "token_pos", "token_coords", "memory", "memory_pos", "memory_coords"),
     "memory_encoder": ("pix_feat", "mask_for_mem", "object_score_logits"),
 }
 STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {

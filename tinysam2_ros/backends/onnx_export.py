@@ -24,6 +24,7 @@ import torch
 
 from . import BackendError
 from ..memory.config import MemoryConfig
+from ..modeling.rope import grid_coords
 from ..modeling.stages import STAGE_NAMES, build_stages
 from .manifest import STAGE_INPUTS, STAGE_OUTPUTS, Manifest, sha256_file
 
@@ -38,8 +39,9 @@ DYNAMIC_AXES: dict[str, dict[str, dict[int, str]]] = {
         "masks": _BATCHED, "iou_pred": _BATCHED, "mask_tokens": _BATCHED, "object_score_logits": _BATCHED,
     },
     "memory_attention": {
-        "pix_feat": _BATCHED, "memory": {0: "B", 1: "K"}, "memory_pos": {0: "B", 1: "K"},
-        "memory_coords": {0: "B", 1: "K"}, "conditioned": _BATCHED,
+        "tokens": {0: "B", 1: "Nq"}, "token_pos": {0: "B", 1: "Nq"}, "token_coords": {0: "B", 1: "Nq"},
+        "memory": {0: "B", 1: "K"}, "memory_pos": {0: "B", 1: "K"},
+        "memory_coords": {0: "B", 1: "K"}, "conditioned": {0: "B", 1: "Nq"},
     },
     "memory_encoder": {
         "pix_feat": _BATCHED, "mask_for_mem": _BATCHED, "object_score_logits": _BATCHED, "memory": _BATCHED,
@@ -65,10 +67,13 @@ def memory_tokens_per_frame(model, memory: MemoryConfig) -> tuple[int, int]:
     return written, lead + (side // factor) ** 2
 
 
-def dynamic_ranges(model, memory: MemoryConfig, max_objects: int = 16, max_points: int = 16) -> dict[str, dict]:
+def dynamic_ranges(model, memory: MemoryConfig, max_objects: int = 16, max_points: int = 16,
+                   opt_queries: int | None = None) -> dict[str, dict]:
     """min/opt/max of the symbolic axes, from the model and the tracker's memory settings.
 
     B: 1..max_objects (opt 1). N: 1..max_points + 2 (opt 2: a box as two corners).
+    Nq: memory-attention query tokens, 1..h*w; opt ``opt_queries`` (default h*w: dense, what
+      prompted frames and periodic dense frames run; a routed tracker may tune it lower).
     K = spatial memory tokens + object-pointer tokens, as ``Tracker._condition`` feeds them:
       min: one stored memory frame (pooled when compressed; capped by the token budget),
            no pointers;
@@ -93,18 +98,24 @@ def dynamic_ranges(model, memory: MemoryConfig, max_objects: int = 16, max_point
     k_min = capped(per_frame)
     k_opt = capped((1 + bank) * per_frame) + max_ptrs * split
     k_max = capped((memory.max_cond_frames + bank) * per_frame) + (memory.max_cond_frames + max_ptrs - 1) * split
+    dense = int(model.feat_size) ** 2
+    q_opt = dense if opt_queries is None else int(opt_queries)
+    if not 1 <= q_opt <= dense:
+        raise ValueError(f"opt_queries must be in [1, {dense}], got {q_opt}")
     return {
         "B": {"min": 1, "opt": 1, "max": int(max_objects)},
         "N": {"min": 1, "opt": 2, "max": int(max_points) + 2},
         "K": {"min": int(k_min), "opt": int(k_opt), "max": int(k_max)},
+        "Nq": {"min": 1, "opt": q_opt, "max": dense},
     }
 
 
 # ---------------------------------------------------------------------------- inputs
 def example_inputs(
-    model, stage: str, b: int = 2, n: int = 3, k: int | None = None, seed: int = 0
+    model, stage: str, b: int = 2, n: int = 3, k: int | None = None, seed: int = 0, q: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """Random inputs of ``stage`` following its contract (realistic value ranges)."""
+    """Random inputs of ``stage`` following its contract (realistic value ranges); ``q``
+    memory-attention queries (default all ``h*w``; fewer: a random routed subset)."""
     g = torch.Generator().manual_seed(seed)
     s, c, m, h = model.image_size, model.hidden_dim, model.mem_dim, model.feat_size
 
@@ -129,8 +140,14 @@ def example_inputs(
         k = k if k is not None else 2 * h * h + 7
         coords = torch.rand(b, k, 2, generator=g) * h
         coords[:, -3:] = 0.0  # trailing pointer-like tokens: no rotation
-        return {"pix_feat": randn(b, c, h, h), "memory": randn(b, k, m), "memory_pos": randn(b, k, m),
-                "memory_coords": coords}
+        q = h * h if q is None else int(q)
+        if not 1 <= q <= h * h:
+            raise ValueError(f"query tokens must be in [1, {h * h}], got {q}")
+        # a routed subset: q distinct grid cells per object, in raster order
+        cells = torch.stack([torch.randperm(h * h, generator=g)[:q].sort().values for _ in range(b)])
+        q_coords = grid_coords(h, h)[cells]
+        return {"tokens": randn(b, q, c), "token_pos": randn(b, q, c), "token_coords": q_coords,
+                "memory": randn(b, k, m), "memory_pos": randn(b, k, m), "memory_coords": coords}
     if stage == "memory_encoder":
         score = randn(b, 1) * 5.0
         score[0] = 3.0  # one present object
@@ -277,6 +294,7 @@ def export_stages(
     max_points: int = 16,
     memory: MemoryConfig | dict | None = None,
     check_ops: bool = True,
+    opt_queries: int | None = None,
 ) -> Path:
     """Export the four stages of ``model`` to ``out_dir`` and return the manifest path.
 
@@ -290,7 +308,7 @@ def export_stages(
         memory = MemoryConfig.from_dict((getattr(model, "preset", None) or {}).get("memory"))
     elif isinstance(memory, dict):
         memory = MemoryConfig.from_dict(memory)
-    ranges = dynamic_ranges(model, memory, max_objects, max_points)
+    ranges = dynamic_ranges(model, memory, max_objects, max_points, opt_queries)
 
     clone = _inference_copy(model)
     stages = build_stages(clone)
@@ -304,9 +322,12 @@ def export_stages(
     )
     # example sizes distinct from 1 and from each other, so no axis is specialised
     k_example = max(ranges["K"]["min"] + 5, 7)
+    q_example = ranges["Nq"]["max"] // 2 + 1  # a routed subset: the query axis must not be specialised
+    if q_example in (k_example, 2, 3):
+        q_example += 1
     for name in STAGE_NAMES:
         module = stages[name]
-        inputs = example_inputs(clone, name, b=2, n=3, k=k_example)
+        inputs = example_inputs(clone, name, b=2, n=3, k=k_example, q=q_example)
         with torch.no_grad():
             outputs = module(*inputs.values())
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
@@ -342,7 +363,7 @@ def compare_with_torch(
 ) -> dict[str, dict[str, float]]:
     """Run every exported stage in onnxruntime (CPU) and the torch stages on the same
     random inputs; returns ``{stage: {output: max |diff|}}`` over all ``sizes``
-    (default: B=1,N=1,K=min and B=3,N=5,K=opt)."""
+    (default: B=1,N=1,K=min,Nq dense and B=3,N=5,K=opt,Nq a third of the grid: routed)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -351,7 +372,9 @@ def compare_with_torch(
     export_dir = Path(export_dir)
     dyn = manifest.ranges()
     if sizes is None:
-        sizes = [{"B": 1, "N": 1, "K": dyn["K"]["min"]}, {"B": 3, "N": 5, "K": dyn["K"]["opt"]}]
+        dense = dyn["Nq"]["max"]
+        sizes = [{"B": 1, "N": 1, "K": dyn["K"]["min"], "Nq": dense},
+                 {"B": 3, "N": 5, "K": dyn["K"]["opt"], "Nq": max(1, dense // 3)}]
     modes = {mod: mod.training for mod in model.modules()}  # build_stages puts submodules in eval
     try:
         return _compare(model, export_dir, manifest, sizes, seed, ort)
@@ -371,7 +394,7 @@ def _compare(model, export_dir: Path, manifest: Manifest, sizes: list[dict[str, 
                                     providers=["CPUExecutionProvider"])
         diffs: dict[str, float] = {}
         for i, sz in enumerate(sizes):
-            inputs = example_inputs(model, name, b=sz["B"], n=sz["N"], k=sz["K"], seed=seed + i)
+            inputs = example_inputs(model, name, b=sz["B"], n=sz["N"], k=sz["K"], seed=seed + i, q=sz.get("Nq"))
             with torch.no_grad():
                 ref = stages[name](*(v.to(device) for v in inputs.values()))
             ref = tuple(r.cpu() for r in (ref if isinstance(ref, tuple) else (ref,)))

@@ -17,6 +17,7 @@ from torch import nn
 
 from .common import MLP
 from .rope import grid_coords
+from .stages import dense_queries, tokens_to_map
 
 NO_OBJ_SCORE = -1024.0  # logit written into masks of objects judged absent
 
@@ -214,12 +215,29 @@ class SAM2Model(nn.Module):
         num_obj_ptr_tokens: int,
         memory_coords: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Memory attention of the current frame's tokens to the memory tokens.
+        """Memory attention of all the current frame's tokens (dense), as a ``B x C x h x w`` map.
 
         ``memory_coords`` (``K - P x 2`` or ``B x (K - P) x 2``) are the rope positions of
         the spatial tokens (default: the memory grid of each frame); the ``P`` trailing
         object-pointer tokens get position (0, 0), i.e. no rotation.
         """
+        h, w = pix_feat.shape[-2:]
+        tokens, pos, coords = dense_queries(pix_feat, self.constants()["pix_pos"])
+        out = self.attend_memory(tokens, pos, coords, memory, memory_pos, num_obj_ptr_tokens, memory_coords)
+        return tokens_to_map(out, h, w)
+
+    def attend_memory(
+        self,
+        tokens: torch.Tensor,
+        token_pos: torch.Tensor,
+        token_coords: torch.Tensor,
+        memory: torch.Tensor,
+        memory_pos: torch.Tensor,
+        num_obj_ptr_tokens: int,
+        memory_coords: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Memory attention of ``B x Q`` query tokens (any subset of the image tokens, with
+        their sine encoding and rope positions) -> ``B x Q x C`` conditioned tokens."""
         b, k = memory.shape[:2]
         spatial = k - num_obj_ptr_tokens
         if memory_coords is None:
@@ -228,7 +246,7 @@ class SAM2Model(nn.Module):
         if memory_coords.dim() == 2:
             memory_coords = memory_coords.unsqueeze(0).expand(b, -1, -1)
         coords = torch.cat([memory_coords, memory_coords.new_zeros(b, num_obj_ptr_tokens, 2)], dim=1)
-        return self.backend.memory_attention(pix_feat, memory, memory_pos, coords)
+        return self.backend.memory_attention(tokens, token_pos, token_coords, memory, memory_pos, coords)
 
     def forward_heads(
         self,

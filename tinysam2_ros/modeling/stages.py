@@ -4,8 +4,10 @@ These are what a backend runs (PyTorch here, onnxruntime or TensorRT from the
 exported graphs, see ``tinysam2_ros/engine``); everything else the tracker does
 (choosing masks, object pointers, temporal encodings) is light glue in
 ``SAM2Model``. Per-frame constants (the dense position encoding of the prompt
-encoder, the sine position encodings of image and memory features, the rope
-positions of the queries) are buffers baked into the stages, not inputs.
+encoder, the sine position encodings of memory features) are buffers baked into the
+stages, not inputs. The memory-attention queries are an input token set with their own
+positions, so a caller may send any subset of the image tokens (query routing); the
+dense set (all ``h*w`` tokens in raster order) comes from :func:`dense_queries`.
 
 ``normalize_image_features`` (presets trained from scratch, see ``presets.py``)
 normalises the three image-encoder outputs over channels, per position.
@@ -15,8 +17,12 @@ Contracts (B objects, S input size, h = w = S/16, C hidden dim, m memory dim):
   mask_decoder:     pix_feat (B,C,h,w), high_res_0, high_res_1 (B,...), point_coords (B,N,2) float,
                     point_labels (B,N) int32, mask_input (B,1,4h,4w), has_mask_input (B,) float
                     -> masks (B,4,4h,4w), iou_pred (B,4), mask_tokens (B,4,C), object_score_logits (B,1)
-  memory_attention: pix_feat (B,C,h,w), memory (B,K,m), memory_pos (B,K,m), memory_coords (B,K,2)
-                    -> conditioned (B,C,h,w)   [object pointers: coords (0,0) = no rotation]
+  memory_attention: tokens (B,Q,C), token_pos (B,Q,C), token_coords (B,Q,2),
+                    memory (B,K,m), memory_pos (B,K,m), memory_coords (B,K,2)
+                    -> conditioned (B,Q,C)
+                    [tokens: Q image tokens (Q = h*w when dense), token_pos their sine position
+                     encoding, token_coords their rope grid positions (x, y); object pointers in
+                     memory: coords (0,0) = no rotation]
   memory_encoder:   pix_feat (B,C,h,w), mask_for_mem (B,1,S,S) (already scaled), object_score_logits (B,1)
                     -> memory (B,N,m)
 """
@@ -70,23 +76,38 @@ class MaskDecoderStage(nn.Module):
         )
 
 
+def dense_queries(pix_feat: torch.Tensor, pix_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All ``h*w`` image tokens as memory-attention queries, raster order.
+
+    ``pix_feat`` (B,C,h,w), ``pix_pos`` its sine position encoding ((1 or B),C,h,w) ->
+    ``tokens`` (B,h*w,C), ``token_pos`` (B,h*w,C), ``token_coords`` (B,h*w,2).
+    """
+    b, c, h, w = pix_feat.shape
+    tokens = pix_feat.flatten(2).transpose(1, 2)
+    pos = pix_pos.flatten(2).transpose(1, 2).expand(b, -1, -1)
+    coords = grid_coords(h, w, device=pix_feat.device).unsqueeze(0).expand(b, -1, -1)
+    return tokens, pos, coords
+
+
+def tokens_to_map(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Dense (B,h*w,C) tokens in raster order back to a (B,C,h,w) map."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+
+
 class MemoryAttentionStage(nn.Module):
+    """Memory attention of any set of query tokens (each with its own sine encoding and
+    rope position) to the memory tokens; the queries attend to each other too, so a
+    subset of the image tokens is a self-contained (cheaper) problem."""
+
     def __init__(self, model) -> None:
         super().__init__()
         self.memory_attention = model.memory_attention
-        h = model.feat_size
-        pos = model.image_encoder.neck.position_encoding.encode_grid(h, h)
-        self.register_buffer("curr_pos", pos.flatten(2).transpose(1, 2).contiguous(), persistent=False)
-        self.register_buffer("q_coords", grid_coords(h, h), persistent=False)
 
-    def forward(self, pix_feat, memory, memory_pos, memory_coords):
-        b, c, h, w = pix_feat.shape
-        curr = pix_feat.flatten(2).transpose(1, 2)
-        out = self.memory_attention(
-            curr, self.curr_pos.expand(b, -1, -1), memory, memory_pos,
-            num_obj_ptr_tokens=0, q_coords=self.q_coords, k_coords=memory_coords,
+    def forward(self, tokens, token_pos, token_coords, memory, memory_pos, memory_coords):
+        return self.memory_attention(
+            tokens, token_pos, memory, memory_pos,
+            num_obj_ptr_tokens=0, q_coords=token_coords, k_coords=memory_coords,
         )
-        return out.transpose(1, 2).reshape(b, c, h, w)
 
 
 class MemoryEncoderStage(nn.Module):
