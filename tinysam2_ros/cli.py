@@ -417,10 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .backends.engine_cli import add_build_engine_parser
 
     from .backends.benchmark import add_benchmark_parser
+    from .evaluation.efficiency import add_efficiency_parser
     from .evaluation.sweep import add_memory_report_parser
     from .evaluation.synth_cli import add_synth_parser
 
     add_memory_report_parser(sub)
+    add_efficiency_parser(sub)
     add_benchmark_parser(sub)
     add_export_parser(sub)
     add_build_engine_parser(sub)

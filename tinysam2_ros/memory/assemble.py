@@ -21,13 +21,14 @@ def assemble_memory(
     pointers: torch.Tensor | None,  # B x P x C object pointers
     pointer_offsets: list[int],
     max_ptrs: int,
+    allowed: torch.Tensor | None = None,  # B x T x N bool: tokens that may be kept (sparse retrieval)
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """(memory B x K x m, memory_pos B x K x m, spatial coords B x K' x 2, pointer tokens)."""
     b, t = frame_features.shape[:2]
     t_rel_idx = torch.where(t_rels > 0, t_rels, torch.full_like(t_rels, model.num_maskmem)) - 1
     pos = memory_pos[None, None] + model.maskmem_tpos_enc[t_rel_idx].view(b, t, 1, -1)
     coords = memory_coords[None].expand(t, -1, -1)
-    mem, mem_pos, kept_coords = select_tokens(frame_features, pos, coords, token_budget, similarity)
+    mem, mem_pos, kept_coords = select_tokens(frame_features, pos, coords, token_budget, similarity, allowed)
     num_ptr = 0
     if pointers is not None and pointer_offsets:
         offsets = torch.tensor(pointer_offsets, device=frame_features.device)

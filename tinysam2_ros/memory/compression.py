@@ -78,21 +78,31 @@ def token_scores(frames: torch.Tensor, rule: str) -> torch.Tensor:
 
 
 def select_tokens(
-    features: torch.Tensor, pos: torch.Tensor, coords: torch.Tensor, budget: int, rule: str
+    features: torch.Tensor, pos: torch.Tensor, coords: torch.Tensor, budget: int, rule: str,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep the ``budget`` most informative tokens across memory frames.
 
     ``features``/``pos``: ``B x T x N x C`` (T memory frames of N tokens, same layout),
-    ``coords``: ``T x N x 2``. Returns ``B x K x C``, ``B x K x C`` and ``B x K x 2``
-    with K = min(budget, T * N), tokens kept in (frame, place) order.
+    ``coords``: ``T x N x 2``. ``allowed`` (``B x T x N`` bool, the same count per
+    object), when given, are the only tokens that may be kept (sparse retrieval).
+    Returns ``B x K x C``, ``B x K x C`` and ``B x K x 2`` with K = min(budget, T * N)
+    (or the allowed count), tokens kept in (frame, place) order.
     """
     b, t, n, c = features.shape
     flat_f = features.reshape(b, t * n, c)
     flat_p = pos.reshape(b, t * n, pos.shape[-1])
     flat_c = coords.reshape(1, t * n, 2).expand(b, -1, -1)
-    if budget <= 0 or budget >= t * n:
+    avail = t * n if allowed is None else int(allowed[0].sum())
+    if allowed is None and (budget <= 0 or budget >= t * n):
         return flat_f, flat_p, flat_c
-    scores = token_scores(features, rule).reshape(b, t * n)
-    keep = scores.topk(budget, dim=1).indices.sort(dim=1).values
+    k = avail if budget <= 0 else min(budget, avail)
+    if budget <= 0 or budget >= avail:
+        scores = torch.zeros(b, t * n, device=features.device)
+    else:
+        scores = token_scores(features, rule).reshape(b, t * n)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed.reshape(b, t * n), float("-inf"))
+    keep = scores.topk(k, dim=1).indices.sort(dim=1).values
     gather = lambda x: torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))  # noqa: E731
     return gather(flat_f), gather(flat_p), gather(flat_c)

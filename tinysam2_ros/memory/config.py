@@ -1,7 +1,7 @@
 """Memory settings of the streaming tracker (the ``memory`` section of a preset)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 SIMILARITY_RULES = ("redundancy", "recency")
@@ -24,6 +24,8 @@ class MemoryConfig:
     write_threshold: minimum frame quality for a tracked frame to enter memory.
     keep_recent: newest qualifying frames kept regardless of quality ranking.
     recency_half_life: frames after which a stored frame's retention score halves.
+    retrieval_keep: sparse memory retrieval (``memory/retrieval.py``), fraction of a
+        tracked memory frame's tokens kept, chosen on its first recall (1.0 = off).
     """
 
     compression: str = "off"
@@ -35,6 +37,10 @@ class MemoryConfig:
     write_threshold: float = 0.0
     keep_recent: int = 1
     recency_half_life: float = 30.0
+    retrieval_keep: float = field(default=1.0, metadata={
+        "help": "sparse memory retrieval: fraction of a tracked memory frame's tokens kept, chosen by the attention "
+                "they receive on the frame's first recall (prompted and newest frames stay dense; 1.0 = off)",
+        "range": (0.0, 1.0), "choices": None, "live": False})
 
     def __post_init__(self) -> None:
         self.validate()
@@ -59,6 +65,8 @@ class MemoryConfig:
             errors.append("keep_recent must be in [0, num_slots]")
         if self.recency_half_life <= 0:
             errors.append("recency_half_life must be > 0")
+        if not 0.0 < self.retrieval_keep <= 1.0:
+            errors.append(f"retrieval_keep must be in (0, 1], got {self.retrieval_keep}")
         if errors:
             raise ValueError("invalid memory config: " + "; ".join(errors))
 

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..memory.assemble import assemble_memory
-from ..memory.compression import TokenLayout, pool_tokens
 from ..memory.config import MemoryConfig
-from ..memory.quality import frame_quality, mask_agreement, next_bank, select_cond_frames
+from ..memory.object_memory import MemoryEntry, ObjectMemory, ObjectTrack
+from ..memory.quality import select_cond_frames
+from ..memory.routing import RoutingConfig
 from ..modeling.sam2_model import HeadOutput, ImageFeatures, SAM2Model
 from .preprocess import preprocess_mask, preprocess_rgb, scale_points
 from .prompts import Prompt, PromptError, make_prompt
@@ -42,77 +42,28 @@ class TrackerError(RuntimeError):
 @dataclass
 class TrackerConfig:
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     video_length: int | None = None  # known length of an offline video (SAM 2 caps pointers by it)
     feature_window: int = 8  # recent frames whose encoder features are kept for late prompts
     lost_after: int = 30  # frames absent before an occluded object is reported lost
     stamp_tolerance: float = 0.05  # seconds: a prompt's stamp matches the nearest frame within this
 
     @classmethod
-    def from_preset(cls, preset: dict, memory_overrides: dict | None = None, **kwargs) -> "TrackerConfig":
-        """The preset's memory settings (``preset["memory"]``) with overrides applied."""
+    def from_preset(cls, preset: dict, memory_overrides: dict | None = None, routing_overrides: dict | None = None,
+                    **kwargs) -> "TrackerConfig":
+        """The preset's memory and routing settings (``preset["memory"]``, ``preset["routing"]``)
+        with overrides applied."""
         memory = {**preset.get("memory", {}), **(memory_overrides or {})}
         if memory.get("compression") == "off":
             memory = {"compression": "off", **{k: v for k, v in (memory_overrides or {}).items() if k != "compression"}}
-        return cls(memory=MemoryConfig.from_dict(memory), **kwargs)
+        routing = {**preset.get("routing", {}), **(routing_overrides or {})}
+        return cls(memory=MemoryConfig.from_dict(memory), routing=RoutingConfig.from_dict(routing), **kwargs)
 
     def __post_init__(self) -> None:
         if self.feature_window < 1:
             raise ValueError("feature_window must be >= 1")
         if self.lost_after < 1:
             raise ValueError("lost_after must be >= 1")
-
-
-@dataclass
-class MemoryEntry:
-    """What one processed frame leaves for an object."""
-
-    frame_idx: int
-    features: torch.Tensor | None  # N x mem_dim bfloat16 (pooled when compressed); None when not in memory
-    obj_ptr: torch.Tensor  # C
-    low_res_logits: torch.Tensor | None  # 1 x 4H x 4W gated logits; dropped outside the feature window
-    object_score: float
-    iou: float
-    ious: torch.Tensor  # M, the decoder's IoU predictions for its candidate masks
-    quality: float = 1.0
-    absent_frames: int = 0  # consecutive frames without the object, this one included
-    prompt: Prompt | None = None
-
-
-@dataclass
-class ObjectTrack:
-    obj_id: int
-    label: str = ""
-    first_frame: int = 0
-    cond: dict[int, MemoryEntry] = field(default_factory=dict)  # prompted frames
-    entries: dict[int, MemoryEntry] = field(default_factory=dict)  # tracked frames still referenced
-    bank: tuple[int, ...] = ()  # tracked frames whose spatial memory is used
-    bank_at: "OrderedDict[int, tuple[int, ...]]" = field(default_factory=OrderedDict)  # bank after frame f
-    memory_tokens: int = 0  # spatial memory tokens fed to memory attention on the last frame
-    pointer_tokens: int = 0
-
-    def entry(self, frame_idx: int) -> MemoryEntry | None:
-        return self.cond.get(frame_idx) or self.entries.get(frame_idx)
-
-    def memory_bytes(self, now: int, ptr_horizon: int, window: int) -> int:
-        """Bytes of the memory this object tracks with: prompted frames, memory slots,
-        the object pointers of the last ``ptr_horizon`` frames, and the mask logits of
-        the feature window. (Frames kept only for rolling back on a late prompt are
-        not counted; there are at most ``window`` of them.)"""
-        seen: dict[int, int] = {}
-
-        def add(t: torch.Tensor | None) -> None:
-            if t is not None:
-                seen[id(t)] = t.numel() * t.element_size()
-
-        slots = [self.entries[f] for f in self.bank if f in self.entries]
-        for e in list(self.cond.values()) + slots:
-            add(e.features)
-        for f, e in list(self.cond.items()) + list(self.entries.items()):
-            if f > now - ptr_horizon or f in self.cond:
-                add(e.obj_ptr)
-            if f > now - window:
-                add(e.low_res_logits)
-        return sum(seen.values())
 
 
 @dataclass
@@ -167,13 +118,23 @@ class Tracker:
         self.stage_ms: dict[str, float] = dict.fromkeys(STAGES, 0.0)
         self._frames: OrderedDict[int, _Frame] = OrderedDict()
         self._pending: list[tuple[int, int, Prompt, str]] = []  # (obj_id, frame_idx, prompt, label)
-        self._full_layout = self._token_layout()
-        self._layout, self._mem_pos, self._mem_coords = self._pooled_constants()
+        self.object_memory = ObjectMemory(model, self.config.memory, self.config.routing, self.config.video_length)
 
     # ------------------------------------------------------------------ public API
     @property
     def memory(self) -> MemoryConfig:
         return self.config.memory
+
+    @property
+    def _mem(self) -> ObjectMemory:
+        """The object-memory component, following live changes of ``config.memory``/``routing``."""
+        om = self.object_memory
+        if om.config is not self.config.memory or om.routing is not self.config.routing:
+            self.config.memory.validate()
+            om = ObjectMemory(self.model, self.config.memory, self.config.routing, self.config.video_length)
+            om.scorer = self.object_memory.scorer
+            self.object_memory = om
+        return om
 
     def frame_for_stamp(self, stamp: float) -> int:
         """The frame a prompt stamped ``stamp`` refers to (the next one if newer than all)."""
@@ -372,112 +333,37 @@ class Tracker:
                     self._track(frame, [obj])
                 self._collect(obj, f)
 
-    # ------------------------------------------------------------------ memory read
-    def _token_layout(self) -> TokenLayout:
-        """A memory frame's tokens as the model writes them: free latents, then a grid."""
-        m = self.model
-        sp = m.spatial_perceiver
-        if sp is not None:
-            side = int(round(sp.num_latents_2d ** 0.5))
-            return TokenLayout(sp.num_latents, side, side)
-        return TokenLayout(0, m.feat_size, m.feat_size)
-
-    @property
-    def _pool_factor(self) -> int:
-        return self.memory.pool_factor if self.memory.compressed else 1
-
-    def _pooled_constants(self) -> tuple[TokenLayout, torch.Tensor, torch.Tensor]:
-        """Layout, position encoding (N x m) and rope positions (N x 2) of a stored memory frame."""
-        c = self.model.constants()
-        pos = c["memory_pos"][None]
-        _, pos, coords, layout = pool_tokens(pos, pos, c["memory_coords"], self._full_layout, self._pool_factor)
-        return layout, pos[0], coords
-
-    def _memory_frames(self, obj: ObjectTrack, t: int) -> list[tuple[int, MemoryEntry]]:
-        """(t_rel, entry) of the frames attended to at t: prompted (t_rel 0), then the bank, oldest first."""
-        frames = [(0, e) for f, e in sorted(obj.cond.items()) if f != t]  # SAM 2 order: prompted, then oldest
-        max_rel = self.model.num_maskmem - 1
-        for f in sorted(obj.bank):
-            if f < t and obj.entries.get(f) is not None and obj.entries[f].features is not None:
-                frames.append((min(t - f, max_rel), obj.entries[f]))
-        return frames
-
-    def _pointers(self, obj: ObjectTrack, t: int) -> tuple[list[int], list[torch.Tensor], int]:
-        m = self.model
-        max_ptrs = m.max_obj_ptrs_in_encoder
-        if self.config.video_length is not None:
-            max_ptrs = min(self.config.video_length, max_ptrs)
-        offsets, ptrs = [], []
-        for f, e in sorted(obj.cond.items()):
-            if f == t or (m.only_obj_ptrs_in_the_past_for_eval and f > t):
-                continue
-            offsets.append(t - f if m.use_signed_tpos_enc_to_obj_ptrs else abs(t - f))
-            ptrs.append(e.obj_ptr)
-        for t_diff in range(1, max_ptrs):
-            f = t - t_diff
-            if f < 0:
-                break
-            e = obj.entries.get(f)
-            if e is not None:
-                offsets.append(t_diff)
-                ptrs.append(e.obj_ptr)
-        return offsets, ptrs, max_ptrs
-
-    def _signature(self, obj: ObjectTrack, t: int) -> tuple:
-        frames = self._memory_frames(obj, t)
-        offsets, _, _ = self._pointers(obj, t)
-        return tuple(r if not self.memory.compressed else 0 for r, _ in frames), tuple(offsets)
-
-    def _condition(self, objs: list[ObjectTrack], feats: ImageFeatures, t: int) -> torch.Tensor:
-        """Memory attention for objects with the same memory layout, as one batch."""
-        m = self.model
-        per_obj = [self._memory_frames(o, t) for o in objs]
-        t_rels = torch.tensor([[r for r, _ in frames] for frames in per_obj], device=self.device)
-        feats_bt = torch.stack([torch.stack([e.features for _, e in frames]) for frames in per_obj]).float()
-        offsets, _, max_ptrs = self._pointers(objs[0], t)
-        ptrs = torch.stack([torch.stack(self._pointers(o, t)[1]) for o in objs]) if offsets else None
-        budget = self.memory.token_budget if self.memory.compressed else 0
-        mem, mem_pos, coords, num_ptr_tokens = assemble_memory(
-            m, feats_bt, t_rels, self._mem_pos, self._mem_coords, budget, self.memory.similarity, ptrs, offsets, max_ptrs
-        )
-        spatial_tokens = mem.shape[1] - num_ptr_tokens
-        for o in objs:
-            o.memory_tokens, o.pointer_tokens = spatial_tokens, num_ptr_tokens
-        fb = feats.select(len(objs))
-        with self._timed("memory_attention"):
-            return m.condition_on_memory(fb.pix_feat, mem, mem_pos, num_ptr_tokens, memory_coords=coords)
-
     # ------------------------------------------------------------------ tracking
     def _track(self, frame: _Frame, objs: list[ObjectTrack]) -> None:
-        """Decode every object from memory, batching objects with the same memory layout."""
+        """Decode every object from memory, batching objects with the same memory layout.
+
+        A tracked frame is encoded into memory only for the objects whose memory keeps it
+        (nothing reads the memory features of a frame outside the bank)."""
         t = frame.idx
-        groups: dict[tuple, list[ObjectTrack]] = defaultdict(list)
-        for o in objs:
-            if self._memory_frames(o, t):
-                groups[self._signature(o, t)].append(o)
         m = self.model
-        for group in groups.values():
+        mem = self._mem
+        for idx in mem.groups(objs, t):
+            group = [objs[i] for i in idx]
             fb = frame.feats.select(len(group))
-            pix = self._condition(group, frame.feats, t)
+            pix = mem.condition(group, fb.pix_feat, t, timer=self._timed)
             with self._timed("mask_decoder"):
                 out = m.forward_heads(pix, fb.high_res, multimask_output=m.use_multimask(False, 0))
-            entries = self._make_entries(frame.feats, out, [t] * len(group), group, is_mask_from_pts=False)
-            for o, e in zip(group, entries):
-                self._write(o, e, t)
+            entries = mem.entries(out, [t] * len(group))
+            kept = [i for i, (o, e) in enumerate(zip(group, entries)) if self._write(o, e, t)]
+            if kept:
+                sel = torch.tensor(kept, device=self.device)
+                heads = HeadOutput(*[getattr(out, f)[sel] for f in HeadOutput.__dataclass_fields__])
+                with self._timed("memory_encoder"):
+                    tokens = mem.encode(frame.feats.select(len(kept)).pix_feat, heads, is_mask_from_pts=False)
+                for i, tok in zip(kept, tokens):
+                    entries[i].features = tok
 
-    def _write(self, obj: ObjectTrack, e: MemoryEntry, t: int) -> None:
-        """Store a tracked frame and decide whether it takes a memory slot."""
-        prev = obj.entry(t - 1)
-        e.absent_frames = 0 if e.object_score > 0 else (prev.absent_frames if prev else 0) + 1
-        agreement = mask_agreement(e.low_res_logits, prev.low_res_logits if prev and prev.low_res_logits is not None else None)
-        e.quality = frame_quality(e.object_score, e.iou, agreement)
+    def _write(self, obj: ObjectTrack, e: MemoryEntry, t: int) -> bool:
+        """Store a tracked frame; True when it takes a memory slot."""
+        given = None
         if self.quality_fn is not None:
             given = self.quality_fn(obj.obj_id, t, e.low_res_logits, e.object_score)
-            e.quality = e.quality if given is None else float(given)
-        obj.entries[t] = e
-        quality = {f: obj.entries[f].quality for f in (*obj.bank, t)}
-        obj.bank = next_bank(obj.bank, quality, t, self.memory, self.model.num_maskmem - 1)
-        obj.bank_at[t] = obj.bank
+        return self._mem.write(obj, e, t, given)
 
     def _absent_before(self, obj: ObjectTrack, t: int) -> int:
         prev = obj.entry(t - 1)
@@ -486,20 +372,8 @@ class Tracker:
     def _make_entries(self, feats, out: HeadOutput, frames, objs, is_mask_from_pts: bool) -> list[MemoryEntry]:
         b = out.high_res_masks.shape[0]
         with self._timed("memory_encoder"):
-            mem = self.model.encode_memory(feats.select(b).pix_feat, out.high_res_masks, out.object_score_logits, is_mask_from_pts)
-            tokens, _, _, _ = pool_tokens(mem.features, mem.features, mem.coords, self._full_layout, self._pool_factor)
-        return [
-            MemoryEntry(
-                frame_idx=f,
-                features=tokens[i].to(torch.bfloat16),
-                obj_ptr=out.obj_ptr[i],
-                low_res_logits=out.low_res_masks[i],
-                object_score=float(out.object_score_logits[i, 0]),
-                iou=float(out.best_iou[i]),
-                ious=out.ious[i],
-            )
-            for i, f in enumerate(frames)
-        ]
+            tokens = self._mem.encode(feats.select(b).pix_feat, out, is_mask_from_pts)
+        return self._mem.entries(out, frames, tokens)
 
     def _collect(self, obj: ObjectTrack, t: int) -> None:
         """Forget what no future frame or late prompt can use (keeps memory bounded)."""

@@ -1,9 +1,9 @@
 """A differentiable run of the tracker over one clip, with the TinySAM 2 memory.
 
 Frame 0 is decoded from the simulated prompts (no memory); every later frame is
-conditioned on the prompted frame and the object's memory bank through the same
-pooling, token selection and pointer handling the streaming tracker uses
-(``memory/assemble.py``), so the model learns to work with compressed memory. The bank
+conditioned on the prompted frame and the object's memory bank through the streaming
+tracker's own object memory (``memory/object_memory.py``: pooling, token selection,
+pointers, bank rule), so the model learns to work with the memory it tracks with. The bank
 is kept by the tracker's rule too (``memory/quality.py``: quality-gated writes and
 quality-ranked slots under the TinySAM 2 memory, the newest frames under SAM 2's), so
 a clip longer than the slots teaches the model the memory it will have at inference.
@@ -26,22 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..memory.assemble import assemble_memory
-from ..memory.compression import TokenLayout, pool_tokens
 from ..memory.config import MemoryConfig
-from ..memory.quality import frame_quality, mask_agreement, next_bank
+from ..memory.object_memory import ObjectMemory, ObjectTrack
 from ..modeling.sam2_model import HeadOutput, SAM2Model
 from ..tracking.preprocess import preprocess_mask, preprocess_rgb, scale_points
 from .data import Clip
 from .losses import LossWeights, frame_loss, propagation_loss
-
-
-def _layout(model: SAM2Model) -> TokenLayout:
-    sp = model.spatial_perceiver
-    if sp is not None:
-        side = int(round(sp.num_latents_2d ** 0.5))
-        return TokenLayout(sp.num_latents, side, side)
-    return TokenLayout(0, model.feat_size, model.feat_size)
 
 
 def _cat_heads(outs: list[HeadOutput]) -> HeadOutput:
@@ -74,12 +64,8 @@ def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: Los
         return model.mask_as_output(pix, hr, preprocess_mask(targets[t], size))
 
     n_obj = targets.shape[1]
-    layout = _layout(model)
-    factor = memory.pool_factor if memory.compressed else 1
-    const = model.constants()
-    _, mem_pos, mem_coords, _ = pool_tokens(const["memory_pos"][None], const["memory_pos"][None],
-                                            const["memory_coords"], layout, factor)
-    mem_pos = mem_pos[0]
+    # the tracker's object memory (memory/object_memory.py), features kept in float32 with gradients
+    mem_io = ObjectMemory(model, memory, store_dtype=None)
 
     def frame_feats(t: int):
         return (feats.pix_feat[t : t + 1].expand(n_obj, -1, -1, -1),
@@ -108,33 +94,19 @@ def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: Los
                                  o.object_score_logits, o.best_iou) for o in outs])
     if decoded:  # frame 0 decoded from boxes or clicks may be written from its truth too
         out = written(0, pix0, hr0, out)
-    memories = [_encode(model, pix0, out, layout, factor)]
-    pointers = [out.obj_ptr]
+    tracks = [ObjectTrack(k) for k in range(n_obj)]
+    for track, entry in zip(tracks, mem_io.entries(out, [0] * n_obj, mem_io.encode(pix0, out, False))):
+        track.cond[0] = entry
 
     # each object's memory bank, kept by the tracker's own rule (memory/quality.py): with
     # the TinySAM 2 rule objects may keep different frames, so they are decoded in
-    # groups that share a bank, as the streaming tracker batches them
-    banks: list[tuple[int, ...]] = [() for _ in range(n_obj)]
-    quality: list[dict[int, float]] = [{} for _ in range(n_obj)]
-    previous_logits = out.low_res_masks.detach()
-    budget = memory.token_budget if memory.compressed else 0
-    max_rel = model.num_maskmem - 1
+    # groups that share a memory layout, as the streaming tracker batches them
     for t in range(1, t_len):
         pix, hr = frame_feats(t)
-        offsets = [t] + list(range(1, t))  # prompted frame, then the previous frames
-        ptrs = torch.stack([pointers[0]] + [pointers[t - d] for d in range(1, t)], dim=1)
-        groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-        for k, bank in enumerate(banks):
-            groups[bank].append(k)
         order, parts = [], []
-        for bank, objs in groups.items():
+        for objs in mem_io.groups(tracks, t):
             idx = torch.tensor(objs, device=device)
-            stacked = torch.stack([memories[0][idx]] + [memories[f][idx] for f in bank], dim=1)
-            t_rels = torch.tensor([0] + [min(t - f, max_rel) for f in bank], device=device).expand(len(objs), -1)
-            mem, mpos, coords, n_ptr = assemble_memory(model, stacked, t_rels, mem_pos, mem_coords, budget,
-                                                       memory.similarity, ptrs[idx], offsets[: ptrs.shape[1]],
-                                                       model.max_obj_ptrs_in_encoder)
-            cond = model.condition_on_memory(pix[idx], mem, mpos, n_ptr, memory_coords=coords)
+            cond = mem_io.condition([tracks[k] for k in objs], pix[idx], t)
             parts.append(model.forward_heads(cond, [x[idx] for x in hr], multimask_output=model.use_multimask(False, 0)))
             order += objs
         o = _cat_heads(parts)
@@ -142,27 +114,18 @@ def unroll_clip(model: SAM2Model, clip: Clip, memory: MemoryConfig, weights: Los
             back = torch.tensor(sorted(range(n_obj), key=order.__getitem__), device=device)
             o = HeadOutput(*[getattr(o, f)[back] for f in HeadOutput.__dataclass_fields__])
         losses.append(frame_loss(o.low_res_multimasks, o.ious, o.object_score_logits, targets_low[t][:, None], weights))
-        for k in range(n_obj):
-            logits = o.low_res_masks[k].detach()
-            q = frame_quality(float(o.object_score_logits[k, 0].detach()), float(o.best_iou[k].detach()),
-                              mask_agreement(logits, previous_logits[k]))
-            quality[k][t] = q
-            banks[k] = next_bank(banks[k], quality[k], t, memory, max_rel)
+        entries = mem_io.entries(o, [t] * n_obj)
+        for track, entry in zip(tracks, entries):
+            mem_io.write(track, entry, t)
         if banks_out is not None:
-            banks_out.append(list(banks))
-        previous_logits = o.low_res_masks.detach()
+            banks_out.append([track.bank for track in tracks])
         o = written(t, pix, hr, o)
-        memories.append(_encode(model, pix, o, layout, factor))
-        pointers.append(o.obj_ptr)
+        tokens = mem_io.encode(pix, o, False)
+        for k, entry in enumerate(entries):  # memory and pointer from what is written (teacher forcing)
+            entry.features, entry.obj_ptr = tokens[k], o.obj_ptr[k]
     keys = losses[0].keys()
     result = {k: torch.stack([l[k] for l in losses]).mean() for k in keys}
     if weights.appearance > 0:
         result["appearance"] = propagation_loss(feats.pix_feat, targets)
         result["total"] = result["total"] + weights.appearance * result["appearance"]
     return result
-
-
-def _encode(model: SAM2Model, pix: torch.Tensor, out: HeadOutput, layout: TokenLayout, factor: int) -> torch.Tensor:
-    mem = model.encode_memory(pix, out.high_res_masks, out.object_score_logits, is_mask_from_pts=False)
-    tokens, _, _, _ = pool_tokens(mem.features, mem.features, mem.coords, layout, factor)
-    return tokens

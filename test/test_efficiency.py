@@ -1,0 +1,212 @@
+"""Sparse memory retrieval and query routing on the small preset (real model, few frames)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tinysam2_ros.memory.config import MemoryConfig
+from tinysam2_ros.memory.routing import RoutingConfig, context_score
+from tinysam2_ros.modeling.build import build_model
+from tinysam2_ros.modeling.stages import dense_queries, tokens_to_map
+from tinysam2_ros.tracking.tracker import Tracker, TrackerConfig
+
+BOX1 = {"box": [30, 20, 70, 50]}
+BOX2 = {"box": [80, 40, 120, 90]}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = build_model("tiny")
+    with torch.no_grad():  # the random model "sees" objects, so memory is written
+        m.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(2.0)
+    return m.eval()
+
+
+def frames(n: int, seed: int = 0, hw=(96, 128)) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=(*hw, 3), dtype=np.uint8)
+    out = []
+    for i in range(n):
+        f = base.copy()
+        f[20 + i : 50 + i, 30 + 2 * i : 70 + 2 * i] = (200, 40, 40)
+        out.append(f)
+    return out
+
+
+def track(model, n: int, memory: dict | None = None, routing: dict | None = None, objects=((1, BOX1),)):
+    mem = {"compression": "tinysam2", "pool_factor": 2, "token_budget": 0, "num_slots": 4, "keep_recent": 4,
+           **(memory or {})}
+    tracker = Tracker(model, TrackerConfig(memory=MemoryConfig(**mem), routing=RoutingConfig(**(routing or {}))))
+    results = []
+    for i, f in enumerate(frames(n)):
+        if i == 0:
+            for oid, kw in objects:
+                tracker.add_prompt(oid, **kw)
+        results.append(tracker.step(f))
+    return tracker, results
+
+
+def logits(results, oid=1):
+    return torch.stack([r.objects[oid].low_res_logits for r in results])
+
+
+def test_stage_with_all_tokens_in_any_order_equals_dense(model):
+    """The memory-attention stage takes any token set with its own positions: all tokens
+    in a shuffled order give the dense output in that order."""
+    torch.manual_seed(1)
+    h = model.feat_size
+    pix = torch.randn(2, model.hidden_dim, h, h)
+    mem = torch.randn(2, 3 * 64 + 4, model.mem_dim)
+    mem_pos = torch.randn_like(mem)
+    coords = torch.rand(2, 3 * 64, 2) * h
+    with torch.no_grad():
+        dense = model.condition_on_memory(pix, mem, mem_pos, 4, memory_coords=coords)
+        tokens, pos, qc = dense_queries(pix, model.constants()["pix_pos"])
+        perm = torch.randperm(h * h)
+        shuffled = model.attend_memory(tokens[:, perm], pos[:, perm], qc[:, perm], mem, mem_pos, 4, coords)
+        back = torch.empty_like(shuffled)
+        back[:, perm] = shuffled
+        sub = model.attend_memory(tokens[:, perm[:50]], pos[:, perm[:50]], qc[:, perm[:50]], mem, mem_pos, 4, coords)
+    torch.testing.assert_close(tokens_to_map(back, h, h), dense, atol=1e-5, rtol=1e-5)
+    assert sub.shape == (2, 50, model.hidden_dim)
+    assert not torch.allclose(sub, back[:, perm[:50]], atol=1e-3)  # a subset is its own problem (self-attention)
+
+
+def test_retrieval_keeping_every_token_equals_dense(model):
+    off, dense = track(model, 7)
+    on, sparse = track(model, 7, {"retrieval_keep": 0.999})  # the sparse path, keeping all 64 tokens
+    assert on.object_memory.scorer.calls > 0 and off.object_memory.scorer.calls == 0
+    torch.testing.assert_close(logits(sparse), logits(dense), atol=1e-5, rtol=1e-5)
+
+
+def test_retrieval_selection_is_scored_once_and_reused(model):
+    tracker = Tracker(model, TrackerConfig(memory=MemoryConfig(compression="tinysam2", pool_factor=2, num_slots=4,
+                                                               keep_recent=4, retrieval_keep=0.25)))
+    seen: dict[int, torch.Tensor] = {}
+    for i, f in enumerate(frames(9)):
+        if i == 0:
+            tracker.add_prompt(1, **BOX1)
+        tracker.step(f)
+        obj = tracker.objects[1]
+        for fr, e in obj.entries.items():
+            if e.kept is not None:
+                if fr in seen:
+                    assert e.kept is seen[fr]  # the cached selection, not a new one
+                seen[fr] = e.kept
+                assert e.kept.numel() == 16  # 25 % of the 8x8 pooled frame
+    # every tracked memory frame but the newest was recalled sparsely, each scored once
+    assert tracker.object_memory.scorer.calls == len(seen) == 9 - 1 - 2
+    assert tracker.objects[1].memory_tokens == 64 + 64 + 3 * 16  # prompted + newest dense, 3 sparse
+
+
+def test_retrieval_composes_with_budget_and_batches(model):
+    mem = {"retrieval_keep": 0.5, "token_budget": 150}
+    both_t, both = track(model, 6, mem, objects=((1, BOX1), (2, BOX2)))
+    _, one = track(model, 6, mem, objects=((1, BOX1),))
+    _, two = track(model, 6, mem, objects=((2, BOX2),))
+    assert both_t.objects[1].memory_tokens == 150
+    torch.testing.assert_close(logits(both, 1), logits(one, 1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits(both, 2), logits(two, 2), atol=1e-4, rtol=1e-4)
+
+
+def test_routing_covering_every_token_equals_dense(model):
+    _, dense = track(model, 6)
+    routed_t, routed = track(model, 6, routing={"enabled": True, "dense_every": 100, "context_keep": 1.0,
+                                                "max_fraction": 1.0})
+    assert routed_t.objects[1].query_tokens == model.feat_size ** 2
+    torch.testing.assert_close(logits(routed), logits(dense), atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """The demo model and 8 frames of a generated held-out sequence with its first masks."""
+    from PIL import Image
+
+    from tinysam2_ros.checkpoint import load_checkpoint
+    from tinysam2_ros.evaluation.davis import first_annotations, load_frames
+    from tinysam2_ros.evaluation.synth import SynthConfig, generate_sequence
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_sequence(root, "s", SynthConfig(num_frames=8, seed=1000, size=(256, 256)))
+    m = build_model("tiny_norm")
+    load_checkpoint(m, "models/demo_tiny_norm.safetensors", preset="tiny_norm")
+    video = [np.asarray(Image.open(p).convert("RGB")) for p in load_frames(root, "s")]
+    masks = {oid: mask for oid, (_, mask) in first_annotations(root, "s").items()}
+    return m.eval(), video, masks
+
+
+def test_routing_sends_a_subset_dense_on_schedule(demo):
+    model, video, masks = demo
+    h = model.feat_size
+    routing = RoutingConfig(enabled=True, dense_every=3, dilation=1, max_fraction=1.0)
+    tracker = Tracker(model, TrackerConfig(memory=MemoryConfig(compression="tinysam2", pool_factor=2),
+                                           routing=routing))
+    dense = Tracker(model, TrackerConfig(memory=MemoryConfig(compression="tinysam2", pool_factor=2)))
+    for i, f in enumerate(video[:7]):
+        if i == 0:
+            for oid, mask in masks.items():
+                tracker.add_prompt(oid, mask=mask)
+                dense.add_prompt(oid, mask=mask)
+        res, ref = tracker.step(f), dense.step(f)
+    obj = next(iter(tracker.objects.values()))
+    assert obj.last_dense == 4  # dense on frame 1 (first tracked), then every 3 frames
+    region = torch.zeros(h * h, dtype=torch.bool)
+    for o in tracker.objects.values():
+        region |= tracker.object_memory.router.object_region(o.entry(5).low_res_logits, h, h)
+    assert int(region.sum()) <= obj.query_tokens < h * h
+    for oid in masks:  # the routed masks stay close to the dense ones
+        a, b = res.objects[oid].mask, ref.objects[oid].mask
+        assert (a & b).sum() / max((a | b).sum(), 1) > 0.8
+
+
+def test_routing_batches_objects_on_the_union_of_their_routes(demo):
+    model, video, masks = demo
+    assert len(masks) >= 2
+    cfg = RoutingConfig(enabled=True, dense_every=100, context_keep=0.0, dilation=0, max_fraction=1.0, min_tokens=1)
+    tracker = Tracker(model, TrackerConfig(memory=MemoryConfig(compression="tinysam2", pool_factor=2), routing=cfg))
+    for i, f in enumerate(video[:4]):
+        if i == 0:
+            for oid, mask in masks.items():
+                tracker.add_prompt(oid, mask=mask)
+        tracker.step(f)
+    router = tracker.object_memory.router
+    objs = list(tracker.objects.values())
+    pix = tracker._frames[3].feats.pix_feat
+    singles = [set(router.route([o], pix, 4).tolist()) for o in objs]
+    both = router.route(objs, pix, 4)
+    assert set(both.tolist()) == set().union(*singles) and len(both) < model.feat_size ** 2
+    assert len({o.query_tokens for o in objs}) == 1  # batched through one memory-attention call
+    assert objs[0].last_dense == 1 and objs[0].query_tokens < model.feat_size ** 2
+
+
+def test_routing_settings_are_validated_and_described():
+    with pytest.raises(ValueError, match="dilation"):
+        RoutingConfig(dilation=-1)
+    with pytest.raises(ValueError, match="fill"):
+        RoutingConfig(fill="zeros")
+    with pytest.raises(ValueError, match="retrieval_keep"):
+        MemoryConfig(retrieval_keep=0.0)
+    from dataclasses import fields
+
+    assert all("help" in f.metadata and "live" in f.metadata for f in fields(RoutingConfig))
+
+
+def test_context_score_ranks_structure_over_flat(model):
+    pix = torch.zeros(1, 8, 6, 6)
+    pix[0, :, 2, 3] = 5.0  # one distinct token on a flat map
+    score = context_score(pix)
+    assert int(score.argmax()) == 2 * 6 + 3
+
+
+def test_frames_the_memory_drops_are_not_encoded_and_memory_stays_bounded(model):
+    tracker, _ = track(model, 10, {"write_threshold": 1.0, "retrieval_keep": 0.5})  # no tracked frame qualifies
+    obj = tracker.objects[1]
+    assert obj.bank == ()
+    assert all(e.features is None for e in obj.entries.values())
+    tracker, _ = track(model, 12, {"retrieval_keep": 0.5})
+    obj = tracker.objects[1]
+    with_features = [f for f, e in obj.entries.items() if e.features is not None]
+    assert len(obj.bank) == 4 and set(obj.bank) <= set(with_features)
+    assert len(with_features) <= 4 + tracker.config.feature_window
