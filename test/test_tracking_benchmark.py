@@ -3,10 +3,14 @@ real (small) run whose table and plot come out. Timings themselves are not asser
 (speed lives in the command's output, not in tests)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tinysam2_ros.backends.tracking_benchmark import Variant, run_tracking_benchmark, synthetic_frames
 from tinysam2_ros.modeling.presets import get_preset
+
+DEMO = Path(__file__).resolve().parents[1] / "models" / "demo_tiny_norm.safetensors"  # trained: masks fit objects
 
 
 def test_variant_parsing_and_settings():
@@ -47,3 +51,16 @@ def test_tracking_benchmark_runs_variants_side_by_side(tmp_path):
     assert "ratio = ms / ms of tiny:backend=torch" in text and "random weights of tiny at 256x256" in text
     assert "skipped: TrackerConfig has no settings section 'nosuch'" in text
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_routed_tracking_through_onnxruntime_matches_torch():
+    """Query routing sends fewer than h*w tokens through memory attention; the exported
+    graph (dynamic query axis) gives the masks torch gives."""
+    lines: list[str] = []
+    routed = f"checkpoint={DEMO},routing.enabled=true,routing.dense_every=100,memory.retrieval_keep=0.5"
+    results = run_tracking_benchmark([f"tiny_norm:backend=torch,{routed}", f"tiny_norm:backend=onnxruntime,{routed}"],
+                                     objects=(2,), sources=("synthetic",), frames=3, warmup=0, log=lines.append)
+    torch_run, ort_run = results
+    assert not torch_run.note and not ort_run.note
+    assert ort_run.iou > 0.99, ort_run.iou
+    assert torch_run.query_share < 1.0 and ort_run.query_share == torch_run.query_share  # routed: Nq < h*w

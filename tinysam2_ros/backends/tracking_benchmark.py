@@ -11,9 +11,17 @@ per tracked frame (prompted frame and warm-up frames left out), its ratio to the
 first variant (the reference: EdgeTAM's dense tracker through torch by default), the
 median ms of each stage, and the mean IoU of each variant's masks with those of the
 first variant of the same preset (how far a backend, precision or speed feature moves
-the output). Settings are generic: ``backend``, ``precision``, ``memory.<field>``,
+the output) and the memory-attention query tokens per object-frame as a share of the
+h*w grid (below 100 % when query routing is on). Settings are generic: ``backend``, ``precision``, ``memory.<field>``,
 ``<section>.<field>`` of a ``TrackerConfig`` dataclass section, or a plain
-``TrackerConfig`` field; a setting this build lacks skips the variant with a note.
+``TrackerConfig`` field, ``checkpoint=PATH`` for trained weights; a setting this build
+lacks skips the variant with a note.
+
+Query routing is the exception to "speed does not depend on the weights": its route
+covers the previous mask, and a random model's masks are arbitrary (often the whole
+frame, so routing falls back to dense). The ``queries`` column shows the share that
+went through memory attention; give trained weights (``checkpoint=``) for routing
+figures that mean something.
 """
 from __future__ import annotations
 
@@ -32,11 +40,17 @@ from ..modeling.presets import get_preset
 from ..tracking.tracker import STAGES, Tracker, TrackerConfig
 from . import attach_backend
 
+# each speed feature off and on, explicitly (whatever the preset's defaults), per backend
+_OFF = "memory.retrieval_keep=1.0,routing.enabled=false"
 DEFAULT_VARIANTS = (
     "edgetam:backend=torch",  # the reference: EdgeTAM's dense tracker through torch
-    "tinysam2:backend=torch",
-    "tinysam2:backend=onnxruntime",
-    "tinysam2:backend=auto",
+    f"tinysam2:backend=torch,{_OFF}",
+    "tinysam2:backend=torch,memory.retrieval_keep=0.25,routing.enabled=false",
+    "tinysam2:backend=torch,memory.retrieval_keep=1.0,routing.enabled=true",
+    "tinysam2:backend=torch,memory.retrieval_keep=0.25,routing.enabled=true",
+    f"tinysam2:backend=onnxruntime,{_OFF}",
+    "tinysam2:backend=onnxruntime,memory.retrieval_keep=0.25,routing.enabled=true",
+    "tinysam2:backend=auto",  # what a user gets: the preset's own settings, the backend auto picks
 )
 FIXTURE_FRAMES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "edgetam_reference" / "frames"
 STAGE_SHORT = {"image_encoder": "img enc", "memory_attention": "mem attn", "mask_decoder": "decoder",
@@ -49,6 +63,7 @@ class Variant:
     preset: str
     backend: str = "torch"
     precision: str = "fp32"
+    checkpoint: str | None = None  # weights; random (seed 0) without
     settings: dict = field(default_factory=dict)  # everything else, by dotted name
 
     @classmethod
@@ -64,7 +79,7 @@ class Variant:
                 value = json.loads(text)
             except json.JSONDecodeError:
                 value = text
-            if key in ("backend", "precision"):
+            if key in ("backend", "precision", "checkpoint"):
                 setattr(v, key, str(value))
             else:
                 v.settings[key] = value
@@ -150,25 +165,34 @@ class Result:
     ms: float = float("nan")  # median per tracked frame
     stage_ms: dict = field(default_factory=dict)
     iou: float = float("nan")
+    query_share: float = float("nan")  # memory-attention query tokens per object-frame / h*w
     note: str = ""
     masks: list = field(default_factory=list, repr=False)
 
 
-def _model(preset_name: str, cache: dict):
-    if preset_name not in cache:
+def _model(preset_name: str, checkpoint: str | None, cache: dict):
+    key = (preset_name, checkpoint)
+    if key not in cache:
         torch.manual_seed(0)
         model = build_model(get_preset(preset_name))
-        with torch.no_grad():  # objects present, so memory is written as in real tracking
-            model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(2.0)
-        cache[preset_name] = model.eval()
-    return cache[preset_name]
+        if checkpoint:
+            from ..checkpoint import load_checkpoint
+
+            load_checkpoint(model, checkpoint, preset=preset_name)
+        else:
+            with torch.no_grad():  # objects present, so memory is written as in real tracking
+                model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(2.0)
+        cache[key] = model.eval()
+    return cache[key]
 
 
-def run_case(model, cfg: TrackerConfig, frames, boxes, objects: int, warmup: int) -> tuple[list[float], list[dict], list]:
+def run_case(model, cfg: TrackerConfig, frames, boxes, objects: int, warmup: int):
+    """``(ms per timed frame, stage ms per timed frame, masks per timed frame, query
+    tokens per timed object-frame)`` of one tracker run."""
     tracker = Tracker(model, cfg)
     for oid in range(1, objects + 1):
         tracker.add_prompt(oid, box=boxes[oid - 1])
-    totals, stages, masks = [], [], []
+    totals, stages, masks, queries = [], [], [], []
     for i, frame in enumerate(frames):
         t0 = time.perf_counter()
         res = tracker.step(frame)
@@ -177,7 +201,11 @@ def run_case(model, cfg: TrackerConfig, frames, boxes, objects: int, warmup: int
             totals.append(dt)
             stages.append(dict(res.stage_ms))
             masks.append({o: r.mask for o, r in res.objects.items()})
-    return totals, stages, masks
+            for oid in res.objects:
+                q = getattr(tracker.objects.get(oid), "query_tokens", None)  # set by routing-aware trackers
+                if q:
+                    queries.append(q)
+    return totals, stages, masks, queries
 
 
 def _mean_iou(a: list, b: list) -> float:
@@ -216,14 +244,16 @@ def run_tracking_benchmark(variants: list[str], objects=(1, 5), sources=("real",
                 try:
                     preset = get_preset(v.preset)
                     cfg = v.tracker_config(preset)
-                    model = _model(v.preset, models)
+                    model = _model(v.preset, v.checkpoint, models)
                     lines: list[str] = []
                     backend = attach_backend(model, v.backend, v.preset, device=device, memory=cfg.memory.to_dict(),
                                              precision=v.precision, log=lines.append)
                     for line in lines:
                         if "backend auto" in line or "warning" in line:
                             log(f"{v.spec}: {line}")
-                    totals, stages, r.masks = run_case(model, cfg, clip, boxes, n, warmup)
+                    totals, stages, r.masks, queries = run_case(model, cfg, clip, boxes, n, warmup)
+                    if queries:
+                        r.query_share = float(np.mean(queries)) / model.feat_size ** 2
                     model.set_backend(None)
                 except (ValueError, KeyError, RuntimeError) as exc:
                     r.note = f"skipped: {exc}"
@@ -233,7 +263,7 @@ def run_tracking_benchmark(variants: list[str], objects=(1, 5), sources=("real",
                 r.stage_ms = {s: statistics.median(st[s] for st in stages) for s in STAGES}
                 if v.backend == "auto":
                     r.note = f"auto -> {backend.name}"
-                ref = first_of_preset.setdefault(v.preset, r)
+                ref = first_of_preset.setdefault(f"{v.preset}:{v.checkpoint}", r)
                 r.iou = _mean_iou(r.masks, ref.masks)
     print_table(results, parsed, frames, log)
     if plot:
@@ -250,17 +280,19 @@ def print_table(results: list[Result], variants: list[Variant], frames: int, log
         except KeyError:
             pass
     presets = ", ".join(f"{p} at {s}x{s}" for p, s in sizes.items())
-    log(f"\ntracking benchmark: random weights of {presets} input, median of {frames} tracked "
+    weights = "random weights" if not any(v.checkpoint for v in variants) else "weights as given (else random)"
+    log(f"\ntracking benchmark: {weights} of {presets} input, median of {frames} tracked "
         f"frames, {torch.get_num_threads()} torch threads; ratio = ms / ms of {variants[0].spec} in the same case")
-    head = (f"{'variant':<44}{'source':<11}{'obj':>4}{'ms/frame':>10}{'ratio':>7}"
-            + "".join(f"{STAGE_SHORT[s]:>10}" for s in STAGES) + f"{'IoU':>7}  note")
+    wide = max(len(r.variant) for r in results) + 2 if results else 10
+    head = (f"{'variant':<{wide}}{'source':<11}{'obj':>4}{'ms/frame':>10}{'ratio':>7}"
+            + "".join(f"{STAGE_SHORT[s]:>10}" for s in STAGES) + f"{'queries':>8}{'IoU':>7}  note")
     log(head)
     log("-" * len(head))
     for r in results:
         ref = next(x for x in results if x.source == r.source and x.objects == r.objects)
         ratio = r.ms / ref.ms if ref.ms == ref.ms and r.ms == r.ms else float("nan")
         stages = "".join(f"{r.stage_ms.get(s, float('nan')):>10.1f}" for s in STAGES)
-        log(f"{r.variant:<44}{r.source:<11}{r.objects:>4}{r.ms:>10.1f}{ratio:>7.2f}{stages}{r.iou:>7.3f}  {r.note}")
+        log(f"{r.variant:<{wide}}{r.source:<11}{r.objects:>4}{r.ms:>10.1f}{ratio:>7.2f}{stages}{100 * r.query_share:>7.1f}%{r.iou:>7.3f}  {r.note}")
 
 
 def save_plot(results: list[Result], path: str | Path) -> None:
