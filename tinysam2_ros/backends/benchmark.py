@@ -8,7 +8,6 @@ not in tests.
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 
 import torch
@@ -19,7 +18,7 @@ from ..modeling.build import build_model
 from ..modeling.presets import get_preset
 from ..modeling.stages import STAGE_NAMES
 from . import BackendError, make_backend
-from .onnx_export import dynamic_ranges, example_inputs, export_stages
+from .onnx_export import dynamic_ranges, example_inputs
 from .tracking_benchmark import DEFAULT_VARIANTS
 
 
@@ -49,10 +48,12 @@ def run_benchmark(preset: str, backends: list[str], objects: int = 1, iters: int
     results: dict[str, dict[str, float]] = {}
     for name in backends:
         try:
-            if name == "onnxruntime" and not engine_dir:
-                export_dir = tempfile.mkdtemp(prefix="tinysam2_bench_")
-                export_stages(model, export_dir, preset)
-                backend = make_backend(name, model, export_dir, device=device)
+            if name in ("onnxruntime", "onnxruntime-int8") and not engine_dir:
+                from .auto import cached_export
+
+                export_dir = cached_export(model, preset, precision="int8" if name.endswith("int8") else "fp32",
+                                           log=log)
+                backend = make_backend("onnxruntime", model, export_dir, device=device)
             elif name.startswith("torch"):
                 dtype = {"torch": torch.float32, "torch-fp16": torch.float16, "torch-bf16": torch.bfloat16}[name]
                 backend = make_backend("torch", model, device=device, dtype=dtype)
@@ -81,7 +82,7 @@ def add_benchmark_parser(subparsers):
         description="Without --tracking: time the four stages (image encoder, mask decoder, memory attention, "
         "memory encoder) on random inputs of their contracts, for each backend that can run here, with the "
         "memory-token count the preset's memory settings give. Backends: torch, torch-fp16, torch-bf16, "
-        "onnxruntime, tensorrt. With --tracking: run the streaming tracker end to end for each --variant on a real "
+        "onnxruntime, onnxruntime-int8 (dynamic quantization), tensorrt. With --tracking: run the streaming tracker end to end for each --variant on a real "
         "and a generated video with 1 and 5 objects, and print median ms per tracked frame and per stage, side by "
         "side, as ratios to the first variant (see tinysam2_ros/backends/tracking_benchmark.py).",
     )
