@@ -112,3 +112,38 @@ def test_precision_checks(tmp_path):
     model = _tiny(0)
     backend = attach_backend(model, "torch", "tiny", precision="bf16", log=logs.append)
     assert backend.dtype == torch.bfloat16
+
+
+def test_int8_export_is_quantized_and_cached_apart(tmp_path):
+    """precision int8: the cached export's MatMuls become dynamically quantized
+    (MatMulInteger), the manifest says int8 with the new graphs' sha256, and the
+    outputs change (they are computed differently)."""
+    import onnx
+
+    from tinysam2_ros.backends.manifest import Manifest
+
+    model = _tiny(0)
+    logs: list[str] = []
+    int8 = attach_backend(model, "onnxruntime", "tiny", precision="int8", cache_dir=tmp_path, log=logs.append)
+    fp32 = attach_backend(model, "onnxruntime", "tiny", precision="fp32", cache_dir=tmp_path, log=logs.append)
+    assert int8.engine_dir != fp32.engine_dir  # two cache entries
+    m = Manifest.load(int8.engine_dir)
+    assert m.precision == "int8" and Manifest.load(fp32.engine_dir).precision == "fp32"
+    ops = {n.op_type for n in onnx.load(str(m.path("memory_attention"))).graph.node}
+    assert "MatMulInteger" in ops
+    inputs = example_inputs(model, "mask_decoder", b=2, n=3)
+    assert not torch.equal(int8.mask_decoder(*inputs.values())[0], fp32.mask_decoder(*inputs.values())[0])
+
+
+def test_int8_keeps_the_demo_models_masks():
+    """With the trained demo model on a generated video, int8 masks overlap the fp32
+    ones (random weights and inputs are int8's worst case; trained ones are what counts)."""
+    from pathlib import Path
+
+    from tinysam2_ros.backends.tracking_benchmark import run_tracking_benchmark
+
+    demo = Path(__file__).resolve().parents[1] / "models" / "demo_tiny_norm.safetensors"
+    results = run_tracking_benchmark(
+        [f"tiny_norm:backend=onnxruntime,checkpoint={demo}", f"tiny_norm:backend=onnxruntime,precision=int8,"
+         f"checkpoint={demo}"], objects=(2,), sources=("synthetic",), frames=3, warmup=0, log=lambda *a: None)
+    assert results[1].iou > 0.9, results[1].iou
