@@ -8,7 +8,7 @@ start; else torch. Every choice is logged with its reason.
 The cache lives in ``$XDG_CACHE_HOME/tinysam2_ros/<key>`` (``~/.cache`` without
 ``XDG_CACHE_HOME``). ``key`` hashes what the graphs depend on: the preset, the
 weights (sha256 of the state dict), the precision, the manifest format, the torch /
-onnx versions and the source of the exported code. Memory settings only set the
+onnx versions and the source of the exported code (``CODE_FILES``). Memory settings only set the
 manifest's TensorRT ranges, not the graphs, so they are not part of the key. A
 corrupt or half-written entry is re-exported with a warning; exports go to a
 temporary directory renamed into place, so a killed export never leaves a
@@ -29,7 +29,8 @@ import torch
 from . import BackendError
 from .manifest import FORMAT, Manifest
 
-CODE_DIRS = ("modeling", "backends")  # sources whose change may change an exported graph
+# sources whose change may change an exported graph (not the benchmarks, CLIs, runtimes)
+CODE_FILES = ("modeling/*.py", "backends/onnx_export.py", "backends/precision.py", "backends/manifest.py")
 
 
 def cache_root() -> Path:
@@ -50,8 +51,8 @@ def weights_sha256(model) -> str:
 def _code_sha256() -> str:
     h = hashlib.sha256()
     package = Path(__file__).resolve().parents[1]
-    for d in CODE_DIRS:
-        for path in sorted((package / d).glob("*.py")):
+    for pattern in CODE_FILES:
+        for path in sorted(package.glob(pattern)):
             h.update(path.name.encode())
             h.update(path.read_bytes())
     return h.hexdigest()

@@ -9,6 +9,7 @@ written in docs/efficiency-backends.md.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -26,12 +27,18 @@ def quantize_export(directory: str | Path, op_types: tuple[str, ...] = QUANTIZED
     manifest = Manifest.load(directory)
     if manifest.precision != "fp32":
         raise BackendError(f"{directory} is already {manifest.precision}")
-    for stage, entry in manifest.stages.items():
-        src = manifest.path(stage)
-        tmp = src.with_name(src.stem + ".int8.onnx")
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types))
-        os.replace(tmp, src)
-        entry["sha256"] = sha256_file(src)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic's advice to pre-process is for static quantization
+    try:
+        for stage, entry in manifest.stages.items():
+            src = manifest.path(stage)
+            tmp = src.with_name(src.stem + ".int8.onnx")
+            quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types))
+            os.replace(tmp, src)
+            entry["sha256"] = sha256_file(src)
+    finally:
+        root.setLevel(level)
     manifest.precision = "int8"
     manifest.save(directory)
     return manifest

@@ -1,6 +1,6 @@
 """``tinysam2 benchmark --tracking``: ms per tracked frame, end to end and per stage.
 
-Variants (a preset plus settings, e.g. ``tinysam2:backend=onnxruntime,memory.retrieval_keep=0.25``)
+Variants (a preset plus settings, e.g. ``tinysam2:backend=onnxruntime,memory.retrieval_keep=0.5``)
 run the real streaming tracker side by side in one run, on the same frames: a real
 video (the shared EdgeTAM fixture's 960x540 frames by default) and a generated one,
 with 1 and 5 objects prompted by boxes on the first frame. Speed does not depend on
@@ -45,11 +45,11 @@ _OFF = "memory.retrieval_keep=1.0,routing.enabled=false"
 DEFAULT_VARIANTS = (
     "edgetam:backend=torch",  # the reference: EdgeTAM's dense tracker through torch
     f"tinysam2:backend=torch,{_OFF}",
-    "tinysam2:backend=torch,memory.retrieval_keep=0.25,routing.enabled=false",
+    "tinysam2:backend=torch,memory.retrieval_keep=0.5,routing.enabled=false",
     "tinysam2:backend=torch,memory.retrieval_keep=1.0,routing.enabled=true",
-    "tinysam2:backend=torch,memory.retrieval_keep=0.25,routing.enabled=true",
+    "tinysam2:backend=torch,memory.retrieval_keep=0.5,routing.enabled=true",
     f"tinysam2:backend=onnxruntime,{_OFF}",
-    "tinysam2:backend=onnxruntime,memory.retrieval_keep=0.25,routing.enabled=true",
+    "tinysam2:backend=onnxruntime,memory.retrieval_keep=0.5,routing.enabled=true",
     "tinysam2:backend=auto",  # what a user gets: the preset's own settings, the backend auto picks
 )
 FIXTURE_FRAMES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "edgetam_reference" / "frames"
@@ -265,6 +265,7 @@ def run_tracking_benchmark(variants: list[str], objects=(1, 5), sources=("real",
                     r.note = f"auto -> {backend.name}"
                 ref = first_of_preset.setdefault(f"{v.preset}:{v.checkpoint}", r)
                 r.iou = _mean_iou(r.masks, ref.masks)
+                log(f"  {v.spec} | {source}, {n} object(s): {r.ms:.1f} ms per tracked frame")
     print_table(results, parsed, frames, log)
     if plot:
         save_plot(results, plot)
