@@ -24,6 +24,9 @@ class MemoryConfig:
     write_threshold: minimum frame quality for a tracked frame to enter memory.
     keep_recent: newest qualifying frames kept regardless of quality ranking.
     recency_half_life: frames after which a stored frame's retention score halves.
+    pool_logit_bias: give each pooled memory token the attention weight of the
+        pool_factor**2 tokens it stands for (a log(pool_factor**2) logit bias, applied
+        exactly by repeating the token; an experiment, see docs/efficiency.md).
     retrieval_keep: sparse memory retrieval (``memory/retrieval.py``), fraction of a
         tracked memory frame's tokens kept, chosen on its first recall (1.0 = off).
     """
@@ -37,6 +40,9 @@ class MemoryConfig:
     write_threshold: float = 0.0
     keep_recent: int = 1
     recency_half_life: float = 30.0
+    pool_logit_bias: bool = field(default=False, metadata={
+        "help": "pooled memory tokens carry a log(pool_factor^2) attention-logit bias (experiment; costs keys)",
+        "range": None, "choices": None, "live": True})
     retrieval_keep: float = field(default=1.0, metadata={
         "help": "sparse memory retrieval: fraction of a tracked memory frame's tokens kept, chosen by the attention "
                 "they receive on the frame's first recall (prompted and newest frames stay dense; 1.0 = off)",

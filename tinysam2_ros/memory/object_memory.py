@@ -209,7 +209,13 @@ class ObjectMemory:
         frames = self.frames(obj, t)
         offsets, _, _ = self.pointers(obj, t)
         rels = tuple(r if not self.config.compressed else 0 for r, _ in frames)
-        return rels, tuple(self._sparse(frames)), tuple(offsets)
+        n_keep = self._n_keep()
+        sparse = tuple((e.kept.numel() if e.kept is not None else n_keep) if s else 0
+                       for (_, e), s in zip(frames, self._sparse(frames)))
+        return rels, sparse, tuple(offsets)
+
+    def _n_keep(self) -> int:
+        return max(1, int(round(self.config.retrieval_keep * self.layout.num_tokens)))
 
     def groups(self, objs: list[ObjectTrack], t: int) -> list[list[int]]:
         """Indices into ``objs`` of the objects with memory at ``t``, batched by signature."""
@@ -246,11 +252,29 @@ class ObjectMemory:
                                                       self.config.similarity, ptrs, offsets, max_ptrs, allowed)
         for o in objs:
             o.memory_tokens, o.pointer_tokens = mem.shape[1] - n_ptr, n_ptr
+        if self.config.pool_logit_bias and self.pool_factor > 1:
+            mem, mem_pos, coords = self._repeat_pooled(mem, mem_pos, coords, n_ptr)
         return Assembled(mem, mem_pos, coords, n_ptr)
+
+    def _repeat_pooled(self, mem, mem_pos, coords, n_ptr):
+        """A log(f^2) logit bias on pooled tokens, exactly: softmax weights a key repeated
+        f^2 times as one key with that bias. Pooled grid tokens are those not at (0, 0)
+        (free latents sit there; pooled cells land on half-integer positions)."""
+        reps = self.pool_factor ** 2
+        grid_b = (coords != 0).any(dim=-1)
+        if not bool((grid_b == grid_b[:1]).all()):
+            raise ValueError("pool_logit_bias needs the batch's objects to keep the same token layout")
+        grid = grid_b[0]
+        counts = torch.where(grid, reps, 1)
+        spatial = mem.shape[1] - n_ptr
+        rep = lambda x: x.repeat_interleave(counts, dim=1)  # noqa: E731
+        mem = torch.cat([rep(mem[:, :spatial]), mem[:, spatial:]], 1)
+        mem_pos = torch.cat([rep(mem_pos[:, :spatial]), mem_pos[:, spatial:]], 1)
+        return mem, mem_pos, rep(coords)
 
     def _select(self, per_obj, sparse, t_rels, queries) -> None:
         """Choose the kept tokens of sparse frames recalled for the first time (cached on the entry)."""
-        n_keep = max(1, int(round(self.config.retrieval_keep * self.layout.num_tokens)))
+        n_keep = self._n_keep()
         for j, is_sparse in enumerate(sparse):
             todo = [i for i, frames in enumerate(per_obj) if is_sparse and frames[j][1].kept is None]
             if not todo:

@@ -14,7 +14,7 @@ without memory: pix_feat + the learned no-memory embedding), "raw" (pix_feat) or
 "previous" (the object's previous memory-conditioned features at those tokens);
 docs/efficiency.md has the measured comparison.
 Dense processing: when routing is off, when any object of the batch has no previous
-output or was absent on the previous frame (occluded / lost), every ``dense_every``
+output, was prompted on the previous frame, or was absent on it (occluded / lost), every ``dense_every``
 frames (so a re-entering object is found), and when the route would cover most
 tokens anyway. Prompted frames never reach memory attention.
 """
@@ -52,7 +52,7 @@ class RoutingConfig:
     max_fraction: float = field(default=0.75, metadata={
         "help": "a route covering more than this fraction of the tokens runs dense instead", "range": (0.0, 1.0),
         "choices": None, "live": True})
-    fill: str = field(default="no_memory", metadata={
+    fill: str = field(default="previous", metadata={
         "help": "features of tokens not routed", "range": None, "choices": FILLS, "live": True})
 
     def __post_init__(self) -> None:
@@ -102,7 +102,7 @@ class Router:
             return True
         for o in objs:
             prev = o.entry(t - 1)
-            if prev is None or prev.low_res_logits is None or prev.object_score <= 0:
+            if prev is None or prev.low_res_logits is None or prev.object_score <= 0 or (t - 1) in o.cond:
                 return True
             if o.last_dense < 0 or t - o.last_dense >= c.dense_every:
                 return True

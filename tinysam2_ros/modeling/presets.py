@@ -107,11 +107,17 @@ SAM21_MEMORY_TOKENS = 7 * 64 * 64  # spatial memory tokens SAM 2.1 feeds per obj
 
 # TinySAM 2: the SAM 2.1 pipeline (memory attention, pointers, no-object embeddings)
 # with the RepViT-M1 image encoder and the small memory above.
+# Its tracker also reads memory frames sparsely and routes only the object's tokens
+# through memory attention (memory/retrieval.py, memory/routing.py); the values are the
+# ones measured safe on the demo model (docs/efficiency.md). The reference presets keep
+# both off (SAM 2's exact computation).
+TINYSAM2_RETRIEVAL_KEEP = 0.5
 PRESETS["tinysam2"] = {
     **copy.deepcopy(PRESETS["sam2.1_hiera_t"]),
     "trunk": dict(_REPVIT_M1),
     "neck": dict(PRESETS["edgetam"]["neck"]),
-    "memory": dict(TINYSAM2_MEMORY),
+    "memory": {**TINYSAM2_MEMORY, "retrieval_keep": TINYSAM2_RETRIEVAL_KEEP},
+    "routing": {"enabled": True},
 }
 
 # A small model for fast tests and CPU training: same structure, 256 px input,

@@ -20,8 +20,6 @@ iterations it made no clear difference; see models/README.md.)
 """
 from __future__ import annotations
 
-from collections import defaultdict
-
 import numpy as np
 import torch
 import torch.nn.functional as F
