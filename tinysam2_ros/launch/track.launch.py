@@ -46,7 +46,9 @@ def generate_launch_description() -> LaunchDescription:
                               description="parameter file"),
         DeclareLaunchArgument("preset", default_value="tinysam2", description="model preset"),
         DeclareLaunchArgument("checkpoint", default_value="", description="checkpoint (.pt / .safetensors)"),
-        DeclareLaunchArgument("backend", default_value="torch", description="inference backend"),
+        DeclareLaunchArgument("backend", default_value="auto",
+                              description="auto (TensorRT engines, else onnxruntime exported once, else torch), "
+                                          "torch, onnxruntime or tensorrt"),
         DeclareLaunchArgument("device", default_value="cpu", description="torch device, e.g. cuda:0"),
         DeclareLaunchArgument("engine_dir", default_value="",
                               description="exported graphs / TensorRT engines for backend onnxruntime / tensorrt"),

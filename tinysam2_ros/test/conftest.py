@@ -54,3 +54,18 @@ os.environ.setdefault("ROS_DOMAIN_ID", str(30 + os.getpid() % 30))
 def pytest_configure(config):
     # `pytest -m "not slow"` is the quick developer run; the default command runs everything
     config.addinivalue_line("markers", "slow: takes a minute or more (training runs); deselect with -m 'not slow'")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_export_cache(tmp_path_factory):
+    """Exports cached by the onnxruntime / auto backends (``backends/auto.py``) go to a
+    temporary directory, never into the user's ~/.cache."""
+    import os
+
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old

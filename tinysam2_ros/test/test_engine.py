@@ -19,7 +19,6 @@ from tinysam2_ros.backends import BackendError
 from tinysam2_ros.backends.engine_builder import (
     INSTALL_HINT,
     EngineMeta,
-    _read_manifest,
     build_engines,
     check_engine_meta,
     dynamic_inputs,
@@ -31,6 +30,7 @@ from tinysam2_ros.backends.engine_builder import (
     read_index,
 )
 from tinysam2_ros.backends.engine_cli import add_build_engine_parser
+from tinysam2_ros.backends.manifest import Manifest, sha256_file
 from tinysam2_ros.backends.tensorrt_backend import STAGE_INPUTS, STAGE_OUTPUTS, TrtBackend, torch_dtype
 from tinysam2_ros.modeling.stages import STAGE_NAMES
 
@@ -58,16 +58,43 @@ IMAGE_ENCODER = {
     "file": "image_encoder.onnx",
     "sha256": "1" * 64,
     "inputs": [{"name": "images", "dtype": "float32", "shape": [1, 3, 256, 256]}],
-    "outputs": [{"name": "pix_feat", "dtype": "float32", "shape": [1, 64, 16, 16]}],
+    "outputs": [{"name": "high_res_0", "dtype": "float32", "shape": [1, 8, 64, 64]},
+                {"name": "high_res_1", "dtype": "float32", "shape": [1, 16, 32, 32]},
+                {"name": "pix_feat", "dtype": "float32", "shape": [1, 64, 16, 16]}],
     "dynamic": {},
+}
+MEMORY_ATTENTION = {
+    "file": "memory_attention.onnx",
+    "sha256": "2" * 64,
+    "inputs": [{"name": n, "dtype": "float32", "shape": s} for n, s in zip(
+        STAGE_INPUTS["memory_attention"],
+        (["B", "Nq", 64], ["B", "Nq", 64], ["B", "Nq", 2], ["B", "K", 32], ["B", "K", 32], ["B", "K", 2]))],
+    "outputs": [{"name": "conditioned", "dtype": "float32", "shape": ["B", "Nq", 64]}],
+    "dynamic": {"B": {"min": 1, "opt": 1, "max": 16}, "K": {"min": 64, "opt": 288, "max": 294},
+                "Nq": {"min": 1, "opt": 64, "max": 256}},
+}
+MEMORY_ENCODER = {
+    "file": "memory_encoder.onnx",
+    "sha256": "3" * 64,
+    "inputs": [{"name": "pix_feat", "dtype": "float32", "shape": ["B", 64, 16, 16]},
+               {"name": "mask_for_mem", "dtype": "float32", "shape": ["B", 1, 256, 256]},
+               {"name": "object_score_logits", "dtype": "float32", "shape": ["B", 1]}],
+    "outputs": [{"name": "memory", "dtype": "float32", "shape": ["B", 256, 32]}],
+    "dynamic": {"B": {"min": 1, "opt": 1, "max": 16}},
 }
 
 
-def _write_export(tmp_path, stages: dict) -> None:
-    manifest = {"format": 1, "preset": "tiny", "image_size": 256, "hidden_dim": 64, "mem_dim": 32, "opset": 17,
-                "stages": stages}
+def _write_export(tmp_path, **replace) -> None:
+    """A complete export directory of fake graphs (their sha256 right) with stage entries
+    taken from ``replace`` where given."""
+    stages = {"image_encoder": IMAGE_ENCODER, "mask_decoder": MASK_DECODER, "memory_attention": MEMORY_ATTENTION,
+              "memory_encoder": MEMORY_ENCODER}
+    stages = json.loads(json.dumps({**stages, **replace}))
     for entry in stages.values():
-        (tmp_path / entry["file"]).write_bytes(b"not really onnx")
+        (tmp_path / entry["file"]).write_bytes(b"not really onnx: " + entry["file"].encode())
+        entry["sha256"] = sha256_file(tmp_path / entry["file"])
+    manifest = {"format": 2, "preset": "tiny", "image_size": 256, "hidden_dim": 64, "mem_dim": 32, "opset": 17,
+                "stages": stages}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -88,6 +115,15 @@ def test_profile_shapes_substitute_symbolic_axes():
     assert dynamic_inputs(MASK_DECODER) == [s["name"] for s in MASK_DECODER["inputs"]]
 
 
+def test_memory_attention_profile_has_a_query_axis():
+    """The TensorRT profile of memory attention spans 1..h*w query tokens (routing) and
+    min..max memory tokens, with the opt shapes TensorRT tunes its kernels for."""
+    shapes = profile_shapes(MEMORY_ATTENTION)
+    assert shapes["tokens"] == ((1, 1, 64), (1, 64, 64), (16, 256, 64))
+    assert shapes["token_coords"] == ((1, 1, 2), (1, 64, 2), (16, 256, 2))
+    assert shapes["memory"] == ((1, 64, 32), (1, 288, 32), (16, 294, 32))
+
+
 def test_profile_shapes_fixed_stage_and_missing_range():
     assert profile_shapes(IMAGE_ENCODER) == {"images": ((1, 3, 256, 256),) * 3}
     assert dynamic_inputs(IMAGE_ENCODER) == []
@@ -98,39 +134,48 @@ def test_profile_shapes_fixed_stage_and_missing_range():
 
 # ---------------------------------------------------------------------------- manifest
 def test_read_manifest_accepts_export_layout(tmp_path):
-    _write_export(tmp_path, {"image_encoder": IMAGE_ENCODER, "mask_decoder": MASK_DECODER})
-    manifest = _read_manifest(tmp_path)
-    assert set(manifest["stages"]) == {"image_encoder", "mask_decoder"}
+    _write_export(tmp_path)
+    manifest = Manifest.load(tmp_path)
+    assert set(manifest.stages) == set(STAGE_NAMES) and manifest.precision == "fp32"
+    assert manifest.ranges()["K"] == {"min": 64, "opt": 288, "max": 294}
+    assert manifest.path("mask_decoder") == tmp_path / "mask_decoder.onnx"
+    (tmp_path / "manifest.json").unlink()
+    manifest.save(tmp_path)  # what load gives back, save writes again
+    assert Manifest.load(tmp_path) == manifest
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda m: m.update(format=2), "format"),
+        (lambda m: m.update(format=1), "format 1.*re-run"),
         (lambda m: m.update(stages={}), "non-empty"),
-        (lambda m: m["stages"]["mask_decoder"].update(file="gone.onnx"), "not found"),
+        (lambda m: m["stages"].pop("memory_encoder"), "lacks stage.*memory_encoder"),
+        (lambda m: m["stages"]["mask_decoder"].update(file="gone.onnx"), "gone.onnx is missing"),
+        (lambda m: m["stages"]["mask_decoder"].update(sha256="f" * 64), "sha256 of mask_decoder.onnx"),
+        (lambda m: m["stages"]["mask_decoder"]["inputs"].reverse(), "inputs are"),
+        (lambda m: m.update(precision="int4"), "unknown precision"),
         (lambda m: m["stages"]["mask_decoder"]["dynamic"].pop("N"), "'N'"),
         (lambda m: m["stages"]["mask_decoder"]["dynamic"].update(B={"min": 4, "opt": 2, "max": 8}), "min <= opt"),
         (lambda m: m["stages"]["mask_decoder"]["inputs"][0].update(shape=["B", 0, 16, 16]), "bad dimension"),
     ],
 )
 def test_read_manifest_rejects(tmp_path, change, message):
-    _write_export(tmp_path, {"mask_decoder": json.loads(json.dumps(MASK_DECODER))})
+    _write_export(tmp_path)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     change(manifest)
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BackendError, match=message):
-        _read_manifest(tmp_path)
+        Manifest.load(tmp_path)
 
 
 def test_read_manifest_missing_dir_and_bad_json(tmp_path):
     with pytest.raises(BackendError, match="not found"):
-        _read_manifest(tmp_path / "nope")
+        Manifest.load(tmp_path / "nope")
     with pytest.raises(BackendError, match="manifest.json not found"):
-        _read_manifest(tmp_path)
+        Manifest.load(tmp_path)
     (tmp_path / "manifest.json").write_text("{broken")
     with pytest.raises(BackendError, match="not valid JSON"):
-        _read_manifest(tmp_path)
+        Manifest.load(tmp_path)
 
 
 def test_real_export_manifest_profiles_run_in_onnxruntime(tmp_path):
@@ -145,9 +190,9 @@ def test_real_export_manifest_profiles_run_in_onnxruntime(tmp_path):
 
     model = build_model("tiny")
     onnx_export.export_stages(model, tmp_path, "tiny", max_objects=3, max_points=2, check_ops=False)
-    manifest = _read_manifest(tmp_path)
-    assert set(manifest["stages"]) == set(STAGE_NAMES)
-    for stage, entry in manifest["stages"].items():
+    manifest = Manifest.load(tmp_path)
+    assert set(manifest.stages) == set(STAGE_NAMES)
+    for stage, entry in manifest.stages.items():
         assert [s["name"] for s in entry["inputs"]] == list(STAGE_INPUTS[stage])
         assert [s["name"] for s in entry["outputs"]] == list(STAGE_OUTPUTS[stage])
         shapes = profile_shapes(entry)
@@ -275,7 +320,7 @@ def test_stage_contracts_match_stages_module():
 # ---------------------------------------------------------------------------- without TensorRT
 def test_build_engines_without_tensorrt_gives_install_hint(tmp_path, monkeypatch):
     _no_tensorrt(monkeypatch)
-    _write_export(tmp_path, {"mask_decoder": MASK_DECODER})
+    _write_export(tmp_path)
     with pytest.raises(BackendError) as err:
         build_engines(tmp_path)
     msg = str(err.value)
@@ -344,7 +389,7 @@ def test_cli_parses_defaults_and_options(tmp_path):
 
 def test_cli_without_tensorrt_exits_2_with_hint(tmp_path, monkeypatch, capsys):
     _no_tensorrt(monkeypatch)
-    _write_export(tmp_path, {"mask_decoder": MASK_DECODER})
+    _write_export(tmp_path)
     parser, _ = _parser()
     args = parser.parse_args(["build-engine", str(tmp_path)])
     assert args.func(args) == 2

@@ -23,9 +23,9 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402
 
 from tinysam2_ros.backends import BackendError, make_backend  # noqa: E402
+from tinysam2_ros.backends.manifest import Manifest, ManifestError, concrete_shape, sha256_file  # noqa: E402
 from tinysam2_ros.backends.onnx_export import (  # noqa: E402
-    INPUT_NAMES, OUTPUT_NAMES, ManifestError, concrete_shape, dynamic_ranges, example_inputs, export_stages,
-    load_manifest, sha256_file,
+    INPUT_NAMES, OUTPUT_NAMES, dynamic_ranges, example_inputs, export_stages,
 )
 from tinysam2_ros.backends.onnxruntime_backend import OrtBackend  # noqa: E402
 from tinysam2_ros.backends.opcheck import (  # noqa: E402
@@ -71,21 +71,22 @@ def _graph_ops(path) -> set[str]:
 
 def _parity(model, export_dir, sizes) -> dict[str, float]:
     """max |ort - torch| per stage output over ``sizes``, checking the output shapes too."""
-    manifest = load_manifest(export_dir)
+    manifest = Manifest.load(export_dir)
     stages = build_stages(model)
     worst: dict[str, float] = {}
     for name in STAGE_NAMES:
-        entry = manifest["stages"][name]
+        entry = manifest.stages[name]
         sess = ort.InferenceSession(str(export_dir / entry["file"]), providers=["CPUExecutionProvider"])
         for i, sz in enumerate(sizes):
-            inputs = example_inputs(model, name, b=sz["B"], n=sz["N"], k=sz["K"], seed=10 + i)
+            inputs = example_inputs(model, name, b=sz["B"], n=sz["N"], k=sz["K"], seed=10 + i, q=sz.get("Nq"))
             with torch.no_grad():
                 ref = stages[name](*inputs.values())
             ref = ref if isinstance(ref, tuple) else (ref,)
             got = sess.run(None, {k: v.numpy() for k, v in inputs.items()})
             for spec, r, o in zip(entry["outputs"], ref, got):
                 b = 1 if name == "image_encoder" else sz["B"]
-                assert o.shape == concrete_shape(spec, {"B": b, "N": sz["N"], "K": sz["K"]}) == tuple(r.shape)
+                q = sz.get("Nq", model.feat_size ** 2)
+                assert o.shape == concrete_shape(spec, {"B": b, "N": sz["N"], "K": sz["K"], "Nq": q}) == tuple(r.shape)
                 key = f"{name}.{spec['name']}"
                 worst[key] = max(worst.get(key, 0.0), float(np.abs(r.numpy() - o).max()))
     return worst
@@ -98,10 +99,11 @@ def _assert_parity(worst: dict[str, float]) -> None:
 
 # ---------------------------------------------------------------------------------- tiny
 def test_tiny_manifest(tiny_export, tiny_model):
-    m = load_manifest(tiny_export)
-    assert m["format"] == 1 and m["preset"] == "tiny" and m["opset"] == 17
-    assert (m["image_size"], m["hidden_dim"], m["mem_dim"]) == (256, 64, 32)
-    st = m["stages"]
+    m = Manifest.load(tiny_export)
+    assert m.format == 2 and m.preset == "tiny" and m.opset == 17 and m.precision == "fp32"
+    assert m.versions == {"torch": torch.__version__, "onnx": onnx.__version__}
+    assert (m.image_size, m.hidden_dim, m.mem_dim) == (256, 64, 32)
+    st = m.stages
     assert set(st) == set(STAGE_NAMES)
     for name in STAGE_NAMES:
         assert [s["name"] for s in st[name]["inputs"]] == INPUT_NAMES[name]
@@ -117,9 +119,10 @@ def test_tiny_manifest(tiny_export, tiny_model):
     assert [o["shape"] for o in md["outputs"]] == [["B", 4, 64, 64], ["B", 4], ["B", 4, 64], ["B", 1]]
     assert md["dynamic"] == {"B": {"min": 1, "opt": 1, "max": 8}, "N": {"min": 1, "opt": 2, "max": 6}}
     ma = st["memory_attention"]
-    assert [s["shape"] for s in ma["inputs"]] == [["B", 256, 64], ["B", 256, 64], ["B", 256, 2],
+    assert [s["shape"] for s in ma["inputs"]] == [["B", "Nq", 64], ["B", "Nq", 64], ["B", "Nq", 2],
                                                   ["B", "K", 32], ["B", "K", 32], ["B", "K", 2]]
-    assert ma["outputs"][0]["shape"] == ["B", 256, 64]
+    assert ma["outputs"][0]["shape"] == ["B", "Nq", 64]
+    assert ma["dynamic"]["Nq"] == {"min": 1, "opt": 256, "max": 256}  # 16x16 grid, dense by default
     # tiny memory: 16x16 grid pooled 2x2 = 64 tokens/frame, budget 256, 4 prompted + 6 slots,
     # 16 pointers of 64 channels = 2 tokens of 32 each; pointers: 4 prompted + 15 recent
     assert ma["dynamic"]["K"] == {"min": 64, "opt": 256 + 16 * 2, "max": 256 + (4 + 15) * 2}
@@ -137,8 +140,10 @@ def test_tiny_graphs_pass_op_check_and_no_complex(tiny_export):
 
 
 def test_tiny_parity_two_sizes(tiny_export, tiny_model):
-    k = load_manifest(tiny_export)["stages"]["memory_attention"]["dynamic"]["K"]
-    worst = _parity(tiny_model, tiny_export, [{"B": 1, "N": 1, "K": k["min"]}, {"B": 3, "N": 5, "K": k["max"]}])
+    k = Manifest.load(tiny_export).stages["memory_attention"]["dynamic"]["K"]
+    # dense queries, then a routed subset (Nq < h*w) with the largest memory
+    worst = _parity(tiny_model, tiny_export, [{"B": 1, "N": 1, "K": k["min"]},
+                                              {"B": 3, "N": 5, "K": k["max"], "Nq": 37}])
     _assert_parity(worst)
 
 
@@ -214,9 +219,9 @@ def test_tracker_with_ort_backend_matches_torch(tiny_model, tiny_export):
 @pytest.mark.slow  # 30-160 s on a 2-core CPU (--durations)
 def test_edgetam_export_with_fixture_weights(edgetam_export):
     model, out = edgetam_export
-    m = load_manifest(out)
-    assert (m["image_size"], m["hidden_dim"], m["mem_dim"]) == (1024, 256, 64)
-    st = m["stages"]
+    m = Manifest.load(out)
+    assert (m.image_size, m.hidden_dim, m.mem_dim) == (1024, 256, 64)
+    st = m.stages
     assert st["image_encoder"]["inputs"][0]["shape"] == [1, 3, 1024, 1024]
     assert [o["shape"] for o in st["image_encoder"]["outputs"]] == [[1, 32, 256, 256], [1, 64, 128, 128],
                                                                      [1, 256, 64, 64]]
@@ -234,7 +239,8 @@ def test_edgetam_export_with_fixture_weights(edgetam_export):
 @pytest.mark.slow  # 30-160 s on a 2-core CPU (--durations)
 def test_edgetam_parity_two_sizes(edgetam_export):
     model, out = edgetam_export
-    _assert_parity(_parity(model, out, [{"B": 1, "N": 1, "K": 512}, {"B": 3, "N": 5, "K": 3 * 512 + 12}]))
+    _assert_parity(_parity(model, out, [{"B": 1, "N": 1, "K": 512},
+                                        {"B": 3, "N": 5, "K": 3 * 512 + 12, "Nq": 700}]))  # routed: 700 of 4096
 
 
 # ------------------------------------------------------------------------------ op check
@@ -290,33 +296,33 @@ def test_complex_tensors_are_flagged(tmp_path):
 # ------------------------------------------------------------------------------ manifest
 def test_manifest_errors(tiny_export, tmp_path):
     with pytest.raises(ManifestError, match="not found"):
-        load_manifest(tmp_path / "nowhere")
+        Manifest.load(tmp_path / "nowhere")
     with pytest.raises(ManifestError, match="manifest.json not found"):
-        load_manifest(tmp_path)
+        Manifest.load(tmp_path)
 
     out = tmp_path / "exp"
     shutil.copytree(tiny_export, out)
     good = (out / "manifest.json").read_text()
     (out / "manifest.json").write_text(good[: len(good) // 2])
     with pytest.raises(ManifestError, match="corrupt"):
-        load_manifest(out)
+        Manifest.load(out)
     broken = json.loads(good)
     del broken["stages"]["mask_decoder"]["sha256"]
     (out / "manifest.json").write_text(json.dumps(broken))
     with pytest.raises(ManifestError, match="mask_decoder.*corrupt.*sha256"):
-        load_manifest(out)
+        Manifest.load(out)
     (out / "manifest.json").write_text(good)
-    load_manifest(out)
+    Manifest.load(out)
 
     (out / "memory_attention.onnx").rename(out / "moved.onnx")
     with pytest.raises(ManifestError, match="memory_attention.onnx is missing"):
-        load_manifest(out)
+        Manifest.load(out)
     (out / "moved.onnx").rename(out / "memory_attention.onnx")
 
     with open(out / "image_encoder.onnx", "ab") as f:
         f.write(b"\0")
     with pytest.raises(ManifestError, match="image_encoder.*sha256"):
-        load_manifest(out)
+        Manifest.load(out)
     with pytest.raises(BackendError, match="sha256"):  # ManifestError is a BackendError
         OrtBackend(out)
 
@@ -370,9 +376,9 @@ def _cli(argv):
 def test_cli_export_table_and_failing_op_check(tmp_path, capsys, monkeypatch):
     assert _cli(["export", "--preset", "tiny", "--out", str(tmp_path / "a"), "--max-objects", "4"]) == 0
     text = capsys.readouterr().out
-    assert "memory_attention.onnx" in text and "B 1/1/4, K 64/288/294" in text and "N 1/2/18" in text
+    assert "memory_attention.onnx" in text and "B 1/1/4, K 64/288/294, Nq 1/256/256" in text and "N 1/2/18" in text
     assert "operator check: ok" in text and "parity: max |onnxruntime - torch|" in text
-    load_manifest(tmp_path / "a")
+    Manifest.load(tmp_path / "a")
 
     from tinysam2_ros.backends import opcheck
 
@@ -414,7 +420,7 @@ def test_tiny_norm_exports_with_parity(tmp_path):
     torch.manual_seed(0)
     model = build_model("tiny_norm")
     export_stages(model, tmp_path, "tiny_norm", max_objects=2, max_points=2)
-    k = load_manifest(tmp_path)["stages"]["memory_attention"]["dynamic"]["K"]
+    k = Manifest.load(tmp_path).stages["memory_attention"]["dynamic"]["K"]
     _assert_parity(_parity(model, tmp_path, [{"B": 1, "N": 1, "K": k["min"]}]))
     inputs = example_inputs(model, "image_encoder", b=1, n=1, k=1, seed=3)
     with torch.no_grad():

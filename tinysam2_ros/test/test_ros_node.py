@@ -249,6 +249,8 @@ def test_end_to_end_tracks_masks_overlay_diagnostics(harness):
     for key in ("input_rate_hz", "output_rate_hz", "latency_ms_median", "frames_dropped", "backend",
                 "memory_tokens_per_object"):
         assert key in values
+    # the default backend: auto, which here (no TensorRT, onnxruntime installed) runs the cached export
+    assert values["backend"] == "onnxruntime (auto, cpu)"
 
 
 def test_label_image_gives_overlaps_to_the_highest_logit(harness):

@@ -15,7 +15,8 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
         lowres_logits=args.tol_logits, object_score=args.tol_score, iou_pred=args.tol_iou_pred, mask_iou=args.min_mask_iou
     )
     try:
-        ok = run_fidelity(args.fixture_dir, tol, device=args.device, backend=args.backend, engine_dir=args.engine_dir)
+        ok = run_fidelity(args.fixture_dir, tol, device=args.device, backend=args.backend, engine_dir=args.engine_dir,
+                          precision=args.precision)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"tinysam2 fidelity: {exc}", file=sys.stderr)
         return 2
@@ -50,10 +51,17 @@ def _add_routing_args(p: argparse.ArgumentParser) -> None:
     add_cli_flags(p, RoutingConfig, "query routing (defaults from the preset)", prefix="routing-")
 
 
-def _add_backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch",
-                   help="stage runner (default torch; onnxruntime exports the model first unless --engine-dir)")
+def _add_backend_args(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    from .backends import BACKENDS, PRECISIONS
+
+    p.add_argument("--backend", choices=BACKENDS, default=default,
+                   help=f"stage runner (default {default}; auto = TensorRT engines of --engine-dir if they run here, "
+                        "else onnxruntime, else torch; onnxruntime without --engine-dir exports the model once into "
+                        "$XDG_CACHE_HOME/tinysam2_ros)")
     p.add_argument("--engine-dir", help="directory from `tinysam2 export` / `tinysam2 build-engine`")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default), bf16 (torch backend) or int8 (onnxruntime dynamic quantization); "
+                        "see docs/efficiency-backends.md")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -73,8 +81,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             routing_overrides=_routing_overrides(args),
             prompt=args.prompt, sequences=args.sequences.split(",") if args.sequences else None,
             max_frames=args.max_frames, device=args.device, backend=args.backend, engine_dir=args.engine_dir,
-            observe=census.observe if census else None, quality_oracle=oracle, save_masks=args.save_masks,
-            random_weights=args.random_weights,
+            precision=args.precision, observe=census.observe if census else None, quality_oracle=oracle,
+            save_masks=args.save_masks, random_weights=args.random_weights,
         )
     except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"tinysam2 eval: {exc}", file=sys.stderr)
@@ -328,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol-score", type=float, default=1e-3, help="max |diff| of object score logits (default 1e-3)")
     p.add_argument("--tol-iou-pred", type=float, default=1e-3, help="max |diff| of predicted IoUs (default 1e-3)")
     p.add_argument("--min-mask-iou", type=float, default=0.995, help="min IoU of final masks (default 0.995)")
-    _add_backend_args(p)
+    _add_backend_args(p, default="torch")  # the check is of the model against the reference, not of a runtime
     p.set_defaults(func=_cmd_fidelity)
 
     p = sub.add_parser(

@@ -68,7 +68,7 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run_fidelity(fixture_dir: str | Path, tol: Tolerances | None = None, device: str = "cpu", log=print,
-                 backend: str = "torch", engine_dir: str | None = None) -> bool:
+                 backend: str = "torch", engine_dir: str | None = None, precision: str = "fp32") -> bool:
     """Run the check, print a table, return True when every comparison is within tolerance."""
     tol = tol or Tolerances()
     fixture_dir = Path(fixture_dir)
@@ -78,7 +78,8 @@ def run_fidelity(fixture_dir: str | Path, tol: Tolerances | None = None, device:
     model = build_model(spec["preset"]).to(device)
     report = load_checkpoint(model, ckpt)
     log(f"preset {spec['preset']}: {report.loaded} tensors from {ckpt.name}, backend {backend}")
-    attach_backend(model, backend, spec["preset"], engine_dir, device=device, memory={"compression": "off"}, log=log)
+    attach_backend(model, backend, spec["preset"], engine_dir, device=device, memory={"compression": "off"}, log=log,
+                   precision=precision)
 
     n_frames = int(spec["frames"])
     obj_ids = sorted({int(p["obj_id"]) for p in spec["prompts"]})

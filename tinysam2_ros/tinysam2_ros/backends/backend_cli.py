@@ -15,7 +15,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
         "export",
         help="export the model stages to ONNX (for the onnxruntime and tensorrt backends)",
         description="Export image encoder, mask decoder, memory attention and memory encoder to OUT/<stage>.onnx "
-        "with dynamic objects (B), prompt points (N) and memory tokens (K), write OUT/manifest.json (shapes, "
+        "with dynamic objects (B), prompt points (N), memory-attention query tokens (Nq) and memory tokens (K), write OUT/manifest.json (shapes, "
         "dynamic ranges from the preset's memory settings, sha256) and check every graph against the operators "
         "the TensorRT 10 ONNX parser supports. Prints one row per stage; exit 1 if a graph has an unsupported "
         "operator or (when onnxruntime is installed) differs from PyTorch beyond --tol.",
@@ -26,6 +26,8 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--max-objects", type=int, default=16, help="largest object batch B (default 16)")
     p.add_argument("--max-points", type=int, default=16, help="largest number of clicks; N max = this + 2 (box)")
+    p.add_argument("--opt-queries", type=int,
+                   help="memory-attention query tokens TensorRT tunes for (axis Nq, 1..h*w; default h*w, dense)")
     p.add_argument("--skip-parity", action="store_true", help="do not compare onnxruntime with PyTorch")
     p.add_argument("--tol", type=float, default=1e-3, help="max |diff| onnxruntime vs PyTorch (default 1e-3)")
     g = p.add_argument_group("memory settings the K range is derived from (defaults from the preset)")
@@ -58,7 +60,8 @@ def run_export(args: argparse.Namespace) -> int:
     from ..memory.config import MemoryConfig
     from ..modeling.build import build_model
     from ..modeling.presets import get_preset
-    from .onnx_export import export_stages, load_manifest
+    from .manifest import Manifest
+    from .onnx_export import export_stages
     from .opcheck import UnsupportedOperatorError
 
     def fail(msg: str, code: int = 2) -> int:
@@ -86,14 +89,14 @@ def run_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         export_stages(model, out, args.preset, opset=args.opset, max_objects=args.max_objects,
-                      max_points=args.max_points, memory=memory)
+                      max_points=args.max_points, memory=memory, opt_queries=args.opt_queries)
         op_check = "ok (TensorRT 10 ONNX parser operators)"
         code = 0
     except UnsupportedOperatorError as exc:
         op_check, code = f"FAILED\n{exc}", 1
     except (ValueError, BackendError) as exc:
         return fail(str(exc))
-    manifest = load_manifest(out)
+    manifest = Manifest.load(out)
 
     parity: dict[str, dict[str, float]] = {}
     if not args.skip_parity:
@@ -105,7 +108,7 @@ def run_export(args: argparse.Namespace) -> int:
             print(f"parity check skipped: {exc}")
 
     rows = [("stage", "file", "size", "dynamic axes (min/opt/max)", "max |ort - torch|")]
-    for name, entry in manifest["stages"].items():
+    for name, entry in manifest.stages.items():
         dyn = ", ".join(f"{k} {r['min']}/{r['opt']}/{r['max']}" for k, r in entry["dynamic"].items()) or "fixed"
         diff = f"{max(parity[name].values()):.2e}" if name in parity else "-"
         rows.append((name, entry["file"], _size(out / entry["file"]), dyn, diff))

@@ -8,7 +8,6 @@ not in tests.
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 
 import torch
@@ -19,7 +18,8 @@ from ..modeling.build import build_model
 from ..modeling.presets import get_preset
 from ..modeling.stages import STAGE_NAMES
 from . import BackendError, make_backend
-from .onnx_export import dynamic_ranges, example_inputs, export_stages
+from .onnx_export import dynamic_ranges, example_inputs
+from .tracking_benchmark import DEFAULT_VARIANTS
 
 
 def _time(fn, inputs, warmup: int, iters: int) -> float:
@@ -48,10 +48,12 @@ def run_benchmark(preset: str, backends: list[str], objects: int = 1, iters: int
     results: dict[str, dict[str, float]] = {}
     for name in backends:
         try:
-            if name == "onnxruntime" and not engine_dir:
-                export_dir = tempfile.mkdtemp(prefix="tinysam2_bench_")
-                export_stages(model, export_dir, preset)
-                backend = make_backend(name, model, export_dir, device=device)
+            if name in ("onnxruntime", "onnxruntime-int8") and not engine_dir:
+                from .auto import cached_export
+
+                export_dir = cached_export(model, preset, precision="int8" if name.endswith("int8") else "fp32",
+                                           log=log)
+                backend = make_backend("onnxruntime", model, export_dir, device=device)
             elif name.startswith("torch"):
                 dtype = {"torch": torch.float32, "torch-fp16": torch.float16, "torch-bf16": torch.bfloat16}[name]
                 backend = make_backend("torch", model, device=device, dtype=dtype)
@@ -76,20 +78,50 @@ def run_benchmark(preset: str, backends: list[str], objects: int = 1, iters: int
 def add_benchmark_parser(subparsers):
     p = subparsers.add_parser(
         "benchmark",
-        help="milliseconds per model stage for each available backend (prints a table)",
-        description="Time the four stages (image encoder, mask decoder, memory attention, memory encoder) on random "
-        "inputs of their contracts, for each backend that can run here, with the memory-token count the preset's "
-        "memory settings give. Backends: torch, torch-fp16, torch-bf16, onnxruntime, tensorrt.",
+        help="milliseconds per model stage for each backend, or per tracked frame with --tracking (prints a table)",
+        description="Without --tracking: time the four stages (image encoder, mask decoder, memory attention, "
+        "memory encoder) on random inputs of their contracts, for each backend that can run here, with the "
+        "memory-token count the preset's memory settings give. Backends: torch, torch-fp16, torch-bf16, "
+        "onnxruntime, onnxruntime-int8 (dynamic quantization), tensorrt. With --tracking: run the streaming tracker end to end for each --variant on a real "
+        "and a generated video with 1 and 5 objects, and print median ms per tracked frame and per stage, side by "
+        "side, as ratios to the first variant (see tinysam2_ros/backends/tracking_benchmark.py).",
     )
     p.add_argument("--preset", default="tinysam2", help="model preset (default: tinysam2)")
     p.add_argument("--backends", default="torch,onnxruntime", help="comma-separated (default: torch,onnxruntime)")
-    p.add_argument("--objects", type=int, default=1, help="objects per batch B (default 1)")
+    p.add_argument("--objects", help="objects per batch B, comma-separated (default 1; with --tracking 1,5)")
     p.add_argument("--iters", type=int, default=10, help="timed runs per stage (default 10)")
     p.add_argument("--checkpoint", help="weights (timings do not depend on them)")
     p.add_argument("--engine-dir", help="export / engine directory for onnxruntime / tensorrt")
     p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.set_defaults(func=lambda a: (run_benchmark(a.preset, a.backends.split(","), a.objects, a.iters,
-                                                 checkpoint=a.checkpoint, engine_dir=a.engine_dir, device=a.device,
-                                                 threads=a.threads), 0)[1])
+    g = p.add_argument_group("end-to-end tracking (--tracking)")
+    g.add_argument("--tracking", action="store_true", help="time the tracker per frame instead of single stages")
+    g.add_argument("--variant", action="append", metavar="PRESET[:KEY=VALUE,...]",
+                   help="a preset and its settings (backend, precision, memory.<field>, <section>.<field>); "
+                        "repeat for each; the first is the reference of the ratios (default: "
+                        + "; ".join(DEFAULT_VARIANTS) + ")")
+    g.add_argument("--frames", type=int, default=4, help="timed frames per case, after the prompted frame and "
+                                                        "--warmup frames (default 4)")
+    g.add_argument("--warmup", type=int, default=1, help="tracked frames left out of the timing (default 1)")
+    g.add_argument("--sources", default="real,synthetic", help="real (--video) and/or synthetic (default both)")
+    g.add_argument("--video", help="image folder of the real video (default: the shared EdgeTAM fixture's frames)")
+    g.add_argument("--plot", help="also save a bar chart (PNG) here")
+    p.set_defaults(func=_run_cli)
     return p
+
+
+def _run_cli(a) -> int:
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.tracking:
+        from .tracking_benchmark import run_tracking_benchmark
+
+        objects = [int(x) for x in (a.objects or "1,5").split(",")]
+        results = run_tracking_benchmark(a.variant or list(DEFAULT_VARIANTS), objects=objects,
+                                         sources=a.sources.split(","), frames=a.frames, warmup=a.warmup,
+                                         video=a.video, device=a.device, plot=a.plot)
+        return 0 if any(r.ms == r.ms for r in results) else 1
+    for n in [int(x) for x in (a.objects or "1").split(",")]:
+        run_benchmark(a.preset, a.backends.split(","), n, a.iters, checkpoint=a.checkpoint, engine_dir=a.engine_dir,
+                      device=a.device, threads=a.threads)
+    return 0

@@ -1,7 +1,7 @@
 """TensorRT engines from the exported ONNX stages (``tinysam2 build-engine``).
 
 ``build_engines(onnx_dir, out_dir)`` reads the export directory's ``manifest.json``
-(``tinysam2 export``) and builds one serialized engine (plan) per stage with the
+(``tinysam2 export``, :class:`manifest.Manifest`) and builds one serialized engine (plan) per stage with the
 TensorRT 10 Python API: ``trt.OnnxParser`` -> FP16 with numerically sensitive layers
 kept in FP32 -> one optimization profile from the manifest's dynamic ranges -> shared
 timing cache -> ``builder.build_serialized_network``.
@@ -18,7 +18,7 @@ An engine directory (by default the export directory itself, so that one
 precision and the profile shapes: a plan is reused only when all of them match, and
 a plan built elsewhere (other GPU, other TensorRT) is never picked up by mistake.
 
-Everything above the TensorRT boundary (manifest reading, profile shapes, cache
+Everything above the TensorRT boundary (profile shapes, cache
 keys, metadata, the FP32-layer rule) is plain Python and imports nothing from
 TensorRT; ``tensorrt`` is imported lazily by :func:`import_tensorrt`.
 """
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from . import BackendError
+from .manifest import Manifest
 
 INDEX_NAME = "engines.json"
 INDEX_FORMAT = 1
@@ -54,59 +55,7 @@ Shape = tuple[int, ...]
 ProfileShapes = dict[str, tuple[Shape, Shape, Shape]]
 
 
-# ---------------------------------------------------------------------------- manifest
-def _read_manifest(onnx_dir: str | Path) -> dict[str, Any]:
-    """Read and check ``<onnx_dir>/manifest.json`` (format 1, written by ``tinysam2 export``).
-
-    Checked: JSON object of format 1, a non-empty ``stages`` object, per stage a
-    ``file`` that exists, ``inputs``/``outputs`` lists of ``{name, dtype, shape}``,
-    every symbolic axis of a shape with an integer range ``1 <= min <= opt <= max``
-    under ``dynamic``. Raises ``BackendError`` naming the problem. The sha256 is
-    checked later, against the file actually read for the build.
-    """
-    from .onnx_export import read_manifest_json
-
-    directory = Path(onnx_dir)
-    path, manifest = read_manifest_json(directory)
-    stages = manifest.get("stages")
-    if not isinstance(stages, dict) or not stages:
-        raise BackendError(f"{path}: 'stages' must be a non-empty object")
-    for name, entry in stages.items():
-        where = f"{path}: stage {name}"
-        if not isinstance(entry, dict):
-            raise BackendError(f"{where}: expected an object")
-        file = entry.get("file")
-        if not isinstance(file, str) or not (directory / file).is_file():
-            raise BackendError(f"{where}: graph file {file!r} not found in {directory}; re-run `tinysam2 export`")
-        dynamic = entry.get("dynamic", {})
-        if not isinstance(dynamic, dict):
-            raise BackendError(f"{where}: 'dynamic' must be an object")
-        for sym, r in dynamic.items():
-            try:
-                lo, opt, hi = r["min"], r["opt"], r["max"]
-            except (KeyError, TypeError) as exc:
-                raise BackendError(f"{where}: range of axis {sym!r} needs min, opt and max") from exc
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, opt, hi)) or not 1 <= lo <= opt <= hi:
-                raise BackendError(f"{where}: range of axis {sym!r} must be integers 1 <= min <= opt <= max, got {r}")
-        for io in ("inputs", "outputs"):
-            specs = entry.get(io)
-            if not isinstance(specs, list) or not specs:
-                raise BackendError(f"{where}: '{io}' must be a non-empty list")
-            for spec in specs:
-                if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or "dtype" not in spec:
-                    raise BackendError(f"{where}: malformed {io} entry {spec!r}")
-                shape = spec.get("shape")
-                if not isinstance(shape, list):
-                    raise BackendError(f"{where}: {spec['name']} has no shape list")
-                for d in shape:
-                    if isinstance(d, str):
-                        if d not in dynamic:
-                            raise BackendError(f"{where}: axis {d!r} of {spec['name']} has no range in 'dynamic'")
-                    elif not isinstance(d, int) or isinstance(d, bool) or d < 1:
-                        raise BackendError(f"{where}: bad dimension {d!r} of {spec['name']}")
-    return manifest
-
-
+# ---------------------------------------------------------------------------- profiles
 def profile_shapes(stage_manifest: dict[str, Any]) -> ProfileShapes:
     """``{input name: (min, opt, max)}`` of one manifest stage entry: every symbolic axis
     of an input shape replaced by its ``dynamic`` range (fixed axes stay as they are)."""
@@ -131,14 +80,6 @@ def profile_shapes(stage_manifest: dict[str, Any]) -> ProfileShapes:
 def dynamic_inputs(stage_manifest: dict[str, Any]) -> list[str]:
     """Names of the inputs with at least one symbolic axis (those that need a profile)."""
     return [s["name"] for s in stage_manifest["inputs"] if any(isinstance(d, str) for d in s["shape"])]
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- cache keys, metadata
@@ -475,7 +416,7 @@ def build_engines(onnx_dir: str | Path, out_dir: str | Path | None = None, fp16:
     trt = import_tensorrt()
     gpu = require_cuda_gpu()
     onnx_dir = Path(onnx_dir)
-    manifest = _read_manifest(onnx_dir)
+    manifest = Manifest.load(onnx_dir)  # validated once, sha256 of every graph included
     out_dir = Path(out_dir) if out_dir is not None else onnx_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     timing = _TimingCache(Path(timing_cache) if timing_cache is not None else out_dir / TIMING_CACHE_NAME)
@@ -483,7 +424,7 @@ def build_engines(onnx_dir: str | Path, out_dir: str | Path | None = None, fp16:
         index = read_index(out_dir)
     except BackendError:
         index = {"format": INDEX_FORMAT, "stages": {}}
-    index["model"] = {k: manifest.get(k) for k in ("preset", "image_size", "hidden_dim", "mem_dim")}
+    index["model"] = {k: getattr(manifest, k) for k in ("preset", "image_size", "hidden_dim", "mem_dim")}
     index["onnx_dir"] = str(onnx_dir.resolve())
 
     from tqdm import tqdm
@@ -492,13 +433,10 @@ def build_engines(onnx_dir: str | Path, out_dir: str | Path | None = None, fp16:
     builder = trt.Builder(logger)
     version = str(trt.__version__)
     plans: list[Path] = []
-    bar = tqdm(list(manifest["stages"].items()), desc="build-engine", unit="stage", disable=not progress)
+    bar = tqdm(list(manifest.stages.items()), desc="build-engine", unit="stage", disable=not progress)
     for stage, entry in bar:
-        onnx_path = onnx_dir / entry["file"]
-        sha = sha256_file(onnx_path)
-        if entry.get("sha256") and entry["sha256"] != sha:
-            raise BackendError(f"{onnx_path} changed after export (sha256 differs from the manifest); "
-                               "re-run `tinysam2 export`")
+        onnx_path = manifest.path(stage)
+        sha = entry["sha256"]  # checked against the file by Manifest.load
         shapes = profile_shapes(entry)
         key = engine_cache_key(sha, version, gpu, fp16, profile=shapes)
         plan = engine_path(out_dir, stage, key)

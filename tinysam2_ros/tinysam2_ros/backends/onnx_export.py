@@ -1,21 +1,10 @@
-"""Export the four model stages to ONNX and describe them in ``manifest.json``.
+"""Export the four model stages to ONNX, described by a :class:`manifest.Manifest`.
 
 ``export_stages`` writes ``<out_dir>/<stage>.onnx`` for every stage of
-``modeling/stages.py`` (same input/output names as the stage contracts) and a
-manifest that the onnxruntime backend and the TensorRT engine builder read::
-
-    {"format": 1, "preset": ..., "image_size": S, "hidden_dim": C, "mem_dim": m, "opset": 17,
-     "stages": {"mask_decoder": {"file": "mask_decoder.onnx", "sha256": ...,
-                                 "inputs": [{"name": "pix_feat", "dtype": "float32", "shape": ["B", 256, 64, 64]}, ...],
-                                 "outputs": [...],
-                                 "dynamic": {"B": {"min": 1, "opt": 1, "max": 16}, "N": {...}}}, ...}}
-
-Shapes use the symbolic names of the dynamic axes: ``B`` objects (mask decoder,
-memory attention, memory encoder), ``N`` prompt points (mask decoder), ``K``
-memory tokens (memory attention). The image encoder is fixed at ``1x3xSxS``.
-The ranges come from the preset (see :func:`dynamic_ranges`); the manifest also
-records the memory settings they were derived from (``"memory"``) and the export
-options (``"max_objects"``, ``"max_points"``).
+``modeling/stages.py`` (same input/output names as the stage contracts) and
+``manifest.json`` (see ``manifest.py``), read back by the onnxruntime backend and
+the TensorRT engine builder. The dynamic ranges come from the preset and the
+tracker's memory settings (see :func:`dynamic_ranges`).
 
 Exports use the TorchScript exporter (``dynamo=False``), constant folding on, on
 a deep copy of the model in eval mode with the RepViT trunk fused; the caller's
@@ -26,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,9 +26,7 @@ from . import BackendError
 from ..memory.config import MemoryConfig
 from ..modeling.rope import grid_coords
 from ..modeling.stages import STAGE_NAMES, build_stages
-
-FORMAT = 1
-MANIFEST_NAME = "manifest.json"
+from .manifest import STAGE_INPUTS, STAGE_OUTPUTS, Manifest, sha256_file
 
 # which axes of which tensor are dynamic, per stage (axis -> symbolic name)
 _BATCHED = {0: "B"}
@@ -53,34 +39,17 @@ DYNAMIC_AXES: dict[str, dict[str, dict[int, str]]] = {
         "masks": _BATCHED, "iou_pred": _BATCHED, "mask_tokens": _BATCHED, "object_score_logits": _BATCHED,
     },
     "memory_attention": {
-        "tokens": _BATCHED, "token_pos": _BATCHED, "token_coords": _BATCHED,
+        "tokens": {0: "B", 1: "Nq"}, "token_pos": {0: "B", 1: "Nq"}, "token_coords": {0: "B", 1: "Nq"},
         "memory": {0: "B", 1: "K"}, "memory_pos": {0: "B", 1: "K"},
-        "memory_coords": {0: "B", 1: "K"}, "conditioned": _BATCHED,
+        "memory_coords": {0: "B", 1: "K"}, "conditioned": {0: "B", 1: "Nq"},
     },
     "memory_encoder": {
         "pix_feat": _BATCHED, "mask_for_mem": _BATCHED, "object_score_logits": _BATCHED, "memory": _BATCHED,
     },
 }
 
-INPUT_NAMES = {
-    "image_encoder": ["images"],
-    "mask_decoder": ["pix_feat", "high_res_0", "high_res_1", "point_coords", "point_labels", "mask_input",
-                     "has_mask_input"],
-    "memory_attention": ["tokens", "token_pos", "token_coords", "memory", "memory_pos", "memory_coords"],
-    "memory_encoder": ["pix_feat", "mask_for_mem", "object_score_logits"],
-}
-OUTPUT_NAMES = {
-    "image_encoder": ["high_res_0", "high_res_1", "pix_feat"],
-    "mask_decoder": ["masks", "iou_pred", "mask_tokens", "object_score_logits"],
-    "memory_attention": ["conditioned"],
-    "memory_encoder": ["memory"],
-}
-
-_NP_DTYPES = {"float32": np.float32, "int32": np.int32, "float16": np.float16, "int64": np.int64, "bool": np.bool_}
-
-
-class ManifestError(BackendError):
-    """An export directory that cannot be used: no/corrupt manifest, missing or changed graph."""
+INPUT_NAMES = {k: list(v) for k, v in STAGE_INPUTS.items()}
+OUTPUT_NAMES = {k: list(v) for k, v in STAGE_OUTPUTS.items()}
 
 
 # ---------------------------------------------------------------------------- ranges
@@ -98,10 +67,13 @@ def memory_tokens_per_frame(model, memory: MemoryConfig) -> tuple[int, int]:
     return written, lead + (side // factor) ** 2
 
 
-def dynamic_ranges(model, memory: MemoryConfig, max_objects: int = 16, max_points: int = 16) -> dict[str, dict]:
+def dynamic_ranges(model, memory: MemoryConfig, max_objects: int = 16, max_points: int = 16,
+                   opt_queries: int | None = None) -> dict[str, dict]:
     """min/opt/max of the symbolic axes, from the model and the tracker's memory settings.
 
     B: 1..max_objects (opt 1). N: 1..max_points + 2 (opt 2: a box as two corners).
+    Nq: memory-attention query tokens, 1..h*w; opt ``opt_queries`` (default h*w: dense, what
+      prompted frames and periodic dense frames run; a routed tracker may tune it lower).
     K = spatial memory tokens + object-pointer tokens, as ``Tracker._condition`` feeds them:
       min: one stored memory frame (pooled when compressed; capped by the token budget),
            no pointers;
@@ -126,18 +98,24 @@ def dynamic_ranges(model, memory: MemoryConfig, max_objects: int = 16, max_point
     k_min = capped(per_frame)
     k_opt = capped((1 + bank) * per_frame) + max_ptrs * split
     k_max = capped((memory.max_cond_frames + bank) * per_frame) + (memory.max_cond_frames + max_ptrs - 1) * split
+    dense = int(model.feat_size) ** 2
+    q_opt = dense if opt_queries is None else int(opt_queries)
+    if not 1 <= q_opt <= dense:
+        raise ValueError(f"opt_queries must be in [1, {dense}], got {q_opt}")
     return {
         "B": {"min": 1, "opt": 1, "max": int(max_objects)},
         "N": {"min": 1, "opt": 2, "max": int(max_points) + 2},
         "K": {"min": int(k_min), "opt": int(k_opt), "max": int(k_max)},
+        "Nq": {"min": 1, "opt": q_opt, "max": dense},
     }
 
 
 # ---------------------------------------------------------------------------- inputs
 def example_inputs(
-    model, stage: str, b: int = 2, n: int = 3, k: int | None = None, seed: int = 0
+    model, stage: str, b: int = 2, n: int = 3, k: int | None = None, seed: int = 0, q: int | None = None
 ) -> dict[str, torch.Tensor]:
-    """Random inputs of ``stage`` following its contract (realistic value ranges)."""
+    """Random inputs of ``stage`` following its contract (realistic value ranges); ``q``
+    memory-attention queries (default all ``h*w``; fewer: a random routed subset)."""
     g = torch.Generator().manual_seed(seed)
     s, c, m, h = model.image_size, model.hidden_dim, model.mem_dim, model.feat_size
 
@@ -162,8 +140,12 @@ def example_inputs(
         k = k if k is not None else 2 * h * h + 7
         coords = torch.rand(b, k, 2, generator=g) * h
         coords[:, -3:] = 0.0  # trailing pointer-like tokens: no rotation
-        q = h * h  # dense queries (the export's query axis is fixed at h*w for now)
-        q_coords = grid_coords(h, h).unsqueeze(0).expand(b, -1, -1).contiguous()
+        q = h * h if q is None else int(q)
+        if not 1 <= q <= h * h:
+            raise ValueError(f"query tokens must be in [1, {h * h}], got {q}")
+        # a routed subset: q distinct grid cells per object, in raster order
+        cells = torch.stack([torch.randperm(h * h, generator=g)[:q].sort().values for _ in range(b)])
+        q_coords = grid_coords(h, h)[cells]
         return {"tokens": randn(b, q, c), "token_pos": randn(b, q, c), "token_coords": q_coords,
                 "memory": randn(b, k, m), "memory_pos": randn(b, k, m), "memory_coords": coords}
     if stage == "memory_encoder":
@@ -186,14 +168,6 @@ def _tensor_specs(names: list[str], tensors, axes: dict[str, dict[int, str]]) ->
         shape = [dyn.get(i, int(d)) for i, d in enumerate(t.shape)]
         specs.append({"name": name, "dtype": _dtype_name(t), "shape": shape})
     return specs
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _inference_copy(model):
@@ -320,6 +294,7 @@ def export_stages(
     max_points: int = 16,
     memory: MemoryConfig | dict | None = None,
     check_ops: bool = True,
+    opt_queries: int | None = None,
 ) -> Path:
     """Export the four stages of ``model`` to ``out_dir`` and return the manifest path.
 
@@ -333,27 +308,26 @@ def export_stages(
         memory = MemoryConfig.from_dict((getattr(model, "preset", None) or {}).get("memory"))
     elif isinstance(memory, dict):
         memory = MemoryConfig.from_dict(memory)
-    ranges = dynamic_ranges(model, memory, max_objects, max_points)
+    ranges = dynamic_ranges(model, memory, max_objects, max_points, opt_queries)
 
     clone = _inference_copy(model)
     stages = build_stages(clone)
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "preset": preset_name,
-        "image_size": int(clone.image_size),
-        "hidden_dim": int(clone.hidden_dim),
-        "mem_dim": int(clone.mem_dim),
-        "opset": int(opset),
-        "max_objects": int(max_objects),
-        "max_points": int(max_points),
-        "memory": memory.to_dict(),
-        "stages": {},
-    }
+    import onnx
+
+    manifest = Manifest(
+        preset=preset_name, image_size=int(clone.image_size), hidden_dim=int(clone.hidden_dim),
+        mem_dim=int(clone.mem_dim), opset=int(opset), stages={}, max_objects=int(max_objects),
+        max_points=int(max_points), memory=memory.to_dict(),
+        versions={"torch": torch.__version__, "onnx": onnx.__version__},
+    )
     # example sizes distinct from 1 and from each other, so no axis is specialised
     k_example = max(ranges["K"]["min"] + 5, 7)
+    q_example = ranges["Nq"]["max"] // 2 + 1  # a routed subset: the query axis must not be specialised
+    if q_example in (k_example, 2, 3):
+        q_example += 1
     for name in STAGE_NAMES:
         module = stages[name]
-        inputs = example_inputs(clone, name, b=2, n=3, k=k_example)
+        inputs = example_inputs(clone, name, b=2, n=3, k=k_example, q=q_example)
         with torch.no_grad():
             outputs = module(*inputs.values())
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
@@ -368,101 +342,19 @@ def export_stages(
                 raise RuntimeError(f"export of {name} dropped input(s) {still}")
         _dedupe_constants(path)
         used = sorted({sym for spec in axes.values() for sym in spec.values()})
-        manifest["stages"][name] = {
+        manifest.stages[name] = {
             "file": path.name,
             "sha256": sha256_file(path),
             "inputs": _tensor_specs(INPUT_NAMES[name], inputs.values(), axes),
             "outputs": _tensor_specs(OUTPUT_NAMES[name], outputs, axes),
             "dynamic": {sym: dict(ranges[sym]) for sym in used},
         }
-    manifest_path = out_dir / MANIFEST_NAME
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    manifest_path = manifest.save(out_dir)
     if check_ops:
         from .opcheck import check_export
 
         check_export(out_dir)
     return manifest_path
-
-
-# ---------------------------------------------------------------------------- manifest
-def read_manifest_json(directory: str | Path) -> tuple[Path, dict[str, Any]]:
-    """``(path, manifest)`` of ``<directory>/manifest.json``: the directory and file exist,
-    the JSON parses to an object of this format. Deeper checks are the callers'."""
-    directory = Path(directory)
-    path = directory / MANIFEST_NAME
-    if not directory.is_dir():
-        raise ManifestError(
-            f"export directory {directory} not found (create it with `tinysam2 export --out {directory}`)"
-        )
-    if not path.is_file():
-        raise ManifestError(f"{path} not found: is {directory} an export directory (`tinysam2 export`)?")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path} is corrupt (not valid JSON: {exc}); re-run `tinysam2 export`") from exc
-    if not isinstance(manifest, dict):
-        raise ManifestError(f"{path} is corrupt: expected a JSON object")
-    if manifest.get("format") != FORMAT:
-        raise ManifestError(f"{path} has format {manifest.get('format')!r}, this version reads format {FORMAT}")
-    return path, manifest
-
-
-def load_manifest(directory: str | Path, verify_sha: bool = True) -> dict[str, Any]:
-    """Read and validate ``<directory>/manifest.json``: every stage present with its
-    graph file, shapes and dtypes well formed, sha256 matching (unless ``verify_sha=False``).
-    Adds ``"dir"`` (the directory, as a string) to the returned dict."""
-    directory = Path(directory)
-    path, manifest = read_manifest_json(directory)
-    missing = [k for k in ("preset", "image_size", "hidden_dim", "mem_dim", "opset", "stages") if k not in manifest]
-    if missing:
-        raise ManifestError(f"{path} is corrupt: missing {', '.join(missing)}")
-    stages = manifest["stages"]
-    if not isinstance(stages, dict):
-        raise ManifestError(f"{path} is corrupt: 'stages' is not an object")
-    absent = [s for s in STAGE_NAMES if s not in stages]
-    if absent:
-        raise ManifestError(f"{path} lacks stage(s) {', '.join(absent)}")
-    for name in STAGE_NAMES:
-        entry = stages[name]
-        where = f"{path}: stage {name}"
-        try:
-            file, sha, dyn = entry["file"], entry["sha256"], entry.get("dynamic", {})
-            for io in ("inputs", "outputs"):
-                names = [spec["name"] for spec in entry[io]]
-                expected = (INPUT_NAMES if io == "inputs" else OUTPUT_NAMES)[name]
-                if names != expected:
-                    raise ManifestError(f"{where} {io} are {names}, expected {expected}")
-                for spec in entry[io]:
-                    if spec["dtype"] not in _NP_DTYPES:
-                        raise ManifestError(f"{where}: {spec['name']} has unknown dtype {spec['dtype']!r}")
-                    for d in spec["shape"]:
-                        if isinstance(d, str):
-                            if d not in dyn:
-                                raise ManifestError(f"{where}: axis {d!r} of {spec['name']} has no range in 'dynamic'")
-                        elif not isinstance(d, int) or d < 1:
-                            raise ManifestError(f"{where}: bad dimension {d!r} of {spec['name']}")
-            for sym, r in dyn.items():
-                if not (1 <= r["min"] <= r["opt"] <= r["max"]):
-                    raise ManifestError(f"{where}: range of {sym} must satisfy 1 <= min <= opt <= max, got {r}")
-        except (KeyError, TypeError) as exc:
-            raise ManifestError(f"{where} is corrupt (missing or malformed {exc})") from exc
-        graph = directory / file
-        if not graph.is_file():
-            raise ManifestError(f"{where}: graph file {graph} is missing; re-run `tinysam2 export`")
-        if verify_sha:
-            actual = sha256_file(graph)
-            if actual != sha:
-                raise ManifestError(
-                    f"{where}: sha256 of {graph.name} is {actual[:16]}..., the manifest says {str(sha)[:16]}... "
-                    "(file changed or replaced after export); re-run `tinysam2 export`"
-                )
-    manifest["dir"] = str(directory)
-    return manifest
-
-
-def concrete_shape(spec: dict, sizes: dict[str, int]) -> tuple[int, ...]:
-    """A manifest shape with its symbolic axes replaced by ``sizes``."""
-    return tuple(sizes[d] if isinstance(d, str) else d for d in spec["shape"])
 
 
 # ---------------------------------------------------------------------------- parity
@@ -471,18 +363,18 @@ def compare_with_torch(
 ) -> dict[str, dict[str, float]]:
     """Run every exported stage in onnxruntime (CPU) and the torch stages on the same
     random inputs; returns ``{stage: {output: max |diff|}}`` over all ``sizes``
-    (default: B=1,N=1,K=min and B=3,N=5,K=opt)."""
+    (default: B=1,N=1,K=min,Nq dense and B=3,N=5,K=opt,Nq a third of the grid: routed)."""
     try:
         import onnxruntime as ort
     except ImportError as exc:
         raise BackendError("onnxruntime is not installed (pip install onnxruntime)") from exc
-    manifest = load_manifest(export_dir)
+    manifest = Manifest.load(export_dir)
     export_dir = Path(export_dir)
-    dyn = {}
-    for entry in manifest["stages"].values():
-        dyn.update(entry.get("dynamic", {}))
+    dyn = manifest.ranges()
     if sizes is None:
-        sizes = [{"B": 1, "N": 1, "K": dyn["K"]["min"]}, {"B": 3, "N": 5, "K": dyn["K"]["opt"]}]
+        dense = dyn["Nq"]["max"]
+        sizes = [{"B": 1, "N": 1, "K": dyn["K"]["min"], "Nq": dense},
+                 {"B": 3, "N": 5, "K": dyn["K"]["opt"], "Nq": max(1, dense // 3)}]
     modes = {mod: mod.training for mod in model.modules()}  # build_stages puts submodules in eval
     try:
         return _compare(model, export_dir, manifest, sizes, seed, ort)
@@ -491,18 +383,18 @@ def compare_with_torch(
             mod.train(training)
 
 
-def _compare(model, export_dir: Path, manifest: dict, sizes: list[dict[str, int]], seed: int, ort):
+def _compare(model, export_dir: Path, manifest: Manifest, sizes: list[dict[str, int]], seed: int, ort):
     stages = build_stages(model)
     device = next(model.parameters()).device
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     result: dict[str, dict[str, float]] = {}
     for name in STAGE_NAMES:
-        sess = ort.InferenceSession(str(export_dir / manifest["stages"][name]["file"]), opts,
+        sess = ort.InferenceSession(str(manifest.path(name)), opts,
                                     providers=["CPUExecutionProvider"])
         diffs: dict[str, float] = {}
         for i, sz in enumerate(sizes):
-            inputs = example_inputs(model, name, b=sz["B"], n=sz["N"], k=sz["K"], seed=seed + i)
+            inputs = example_inputs(model, name, b=sz["B"], n=sz["N"], k=sz["K"], seed=seed + i, q=sz.get("Nq"))
             with torch.no_grad():
                 ref = stages[name](*(v.to(device) for v in inputs.values()))
             ref = tuple(r.cpu() for r in (ref if isinstance(ref, tuple) else (ref,)))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import BackendError, GraphBackend
-from .onnx_export import INPUT_NAMES, OUTPUT_NAMES, _NP_DTYPES, load_manifest
+from .manifest import STAGE_INPUTS, STAGE_OUTPUTS, Manifest
 
 _ORT_TYPES = {"float32": "tensor(float)", "int32": "tensor(int32)", "float16": "tensor(float16)",
               "int64": "tensor(int64)", "bool": "tensor(bool)"}
@@ -68,7 +68,7 @@ class OrtBackend(GraphBackend):
         if engine_dir is None:
             raise BackendError("the onnxruntime backend needs engine_dir: a directory written by `tinysam2 export`")
         self.engine_dir = Path(engine_dir)
-        self.manifest = load_manifest(self.engine_dir)
+        self.manifest = Manifest.load(self.engine_dir)
         self.device = torch.device(device)
         self.providers = choose_providers(device, list(ort.get_available_providers()))
         opts = ort.SessionOptions()
@@ -77,7 +77,7 @@ class OrtBackend(GraphBackend):
             opts.intra_op_num_threads = int(threads)
         self.sessions = {}
         self._dtypes: dict[str, dict[str, np.dtype]] = {}
-        for name, entry in self.manifest["stages"].items():
+        for name, entry in self.manifest.stages.items():
             path = self.engine_dir / entry["file"]
             try:
                 sess = ort.InferenceSession(str(path), opts, providers=self.providers)
@@ -85,34 +85,29 @@ class OrtBackend(GraphBackend):
                 raise BackendError(f"onnxruntime cannot load {path}: {exc}") from exc
             self._validate(name, entry, sess)
             self.sessions[name] = sess
-            self._dtypes[name] = {spec["name"]: _NP_DTYPES[spec["dtype"]] for spec in entry["inputs"]}
+            self._dtypes[name] = {spec["name"]: np.dtype(spec["dtype"]) for spec in entry["inputs"]}
 
     @staticmethod
     def _validate(stage: str, entry: dict, sess) -> None:
         got = [(i.name, i.type) for i in sess.get_inputs()]
         want = [(s["name"], _ORT_TYPES[s["dtype"]]) for s in entry["inputs"]]
-        if [g[0] for g in got] != INPUT_NAMES[stage] or got != want:
+        if [g[0] for g in got] != list(STAGE_INPUTS[stage]) or got != want:
             raise BackendError(
                 f"{entry['file']} does not match the {stage} contract: graph inputs {got}, manifest {want}; "
                 "re-run `tinysam2 export`"
             )
         outs = [o.name for o in sess.get_outputs()]
-        if outs != OUTPUT_NAMES[stage]:
-            raise BackendError(f"{entry['file']}: graph outputs {outs}, expected {OUTPUT_NAMES[stage]}")
+        if outs != list(STAGE_OUTPUTS[stage]):
+            raise BackendError(f"{entry['file']}: graph outputs {outs}, expected {list(STAGE_OUTPUTS[stage])}")
 
     def check_model(self, model) -> None:
         """Raise ``BackendError`` when ``model``'s geometry differs from the exported one."""
-        for key in ("image_size", "hidden_dim", "mem_dim"):
-            if int(getattr(model, key)) != int(self.manifest[key]):
-                raise BackendError(
-                    f"{self.engine_dir} was exported for {key}={self.manifest[key]} (preset "
-                    f"{self.manifest['preset']!r}), the model has {key}={getattr(model, key)}"
-                )
+        self.manifest.check_model(model)
 
     def _run(self, stage: str, *args: torch.Tensor):
         dtypes = self._dtypes[stage]
         feeds = {}
-        for name, t in zip(INPUT_NAMES[stage], args):
+        for name, t in zip(STAGE_INPUTS[stage], args):
             arr = t.detach().to("cpu").numpy() if torch.is_tensor(t) else np.asarray(t)
             feeds[name] = np.ascontiguousarray(arr, dtype=dtypes[name])
         outs = self.sessions[stage].run(None, feeds)

@@ -122,14 +122,13 @@ def check_export(manifest_dir, ops_file: str | None = None) -> dict[str, list[st
     """Check every stage graph of an export directory; raise ``UnsupportedOperatorError``
     naming the stage and ops (or complex tensors) when any is found. Returns the
     (empty) per-stage problem lists otherwise."""
-    from .onnx_export import load_manifest
+    from .manifest import Manifest
 
-    manifest = load_manifest(manifest_dir)
-    directory = Path(manifest_dir)
+    manifest = Manifest.load(manifest_dir)
     problems: dict[str, list[str]] = {}
     lines = []
-    for name, entry in manifest["stages"].items():
-        path = directory / entry["file"]
+    for name, entry in manifest.stages.items():
+        path = manifest.path(name)
         bad = check_graph(path, ops_file)
         cplx = complex_tensors(path)
         problems[name] = bad + [f"complex tensor {t}" for t in cplx]

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import BackendError, GraphBackend
+from .manifest import STAGE_INPUTS, STAGE_OUTPUTS
 from .engine_builder import (
     EngineMeta,
     check_engine_meta,
@@ -35,21 +36,6 @@ from .engine_builder import (
 )
 
 __all__ = ["TrtBackend", "check_engine_meta", "torch_dtype", "STAGE_INPUTS", "STAGE_OUTPUTS"]
-
-# the stage contracts of modeling/stages.py, in argument / return order
-STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "image_encoder": ("images",),
-    "mask_decoder": ("pix_feat", "high_res_0", "high_res_1", "point_coords", "point_labels", "mask_input",
-                     "has_mask_input"),
-    "memory_attention": ("tokens", "token_pos", "token_coords", "memory", "memory_pos", "memory_coords"),
-    "memory_encoder": ("pix_feat", "mask_for_mem", "object_score_logits"),
-}
-STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "image_encoder": ("high_res_0", "high_res_1", "pix_feat"),
-    "mask_decoder": ("masks", "iou_pred", "mask_tokens", "object_score_logits"),
-    "memory_attention": ("conditioned",),
-    "memory_encoder": ("memory",),
-}
 
 # trt.DataType member name -> torch dtype
 _TORCH_DTYPES: dict[str, torch.dtype] = {

@@ -118,6 +118,7 @@ def run_eval(
     log=print,
     backend: str = "torch",
     engine_dir: str | None = None,
+    precision: str = "fp32",
     observe=None,
     quality_oracle=None,
     save_masks: str | Path | None = None,
@@ -147,7 +148,8 @@ def run_eval(
     if quality_oracle is not None and not (config.memory.compressed and 0 < config.memory.write_threshold <= 1):
         raise ValueError("a quality oracle needs the tinysam2 memory with a write threshold in (0, 1] "
                          f"(got compression {config.memory.compression!r}, write threshold {config.memory.write_threshold})")
-    attach_backend(model, backend, preset, engine_dir, device=device, memory=config.memory.to_dict(), log=log)
+    attach_backend(model, backend, preset, engine_dir, device=device, memory=config.memory.to_dict(), log=log,
+                   precision=precision)
     tracker = Tracker(model, config, device=device, quality_fn=quality_oracle)
     reports = []
     for s in tqdm(seqs, desc="eval", leave=False):

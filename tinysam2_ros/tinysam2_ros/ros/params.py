@@ -35,9 +35,13 @@ _NODE_PARAMS: tuple[ParamSpec, ...] = (
     # model and backend (take effect on configure)
     ParamSpec("preset", "tinysam2", "model preset (edgetam, sam2.1_hiera_t/s/b+/l, tinysam2, tiny, tiny_norm)"),
     ParamSpec("checkpoint", "", "checkpoint file (.pt/.safetensors); empty = random weights (testing only)"),
-    ParamSpec("backend", "torch", "inference backend", choices=("torch", "onnxruntime", "tensorrt")),
+    ParamSpec("backend", "auto", "inference backend; auto = TensorRT engines in engine_dir if they run here, else "
+              "onnxruntime (exported once into ~/.cache/tinysam2_ros), else torch",
+              choices=("auto", "torch", "onnxruntime", "tensorrt")),
     ParamSpec("engine_dir", "", "exported graphs / TensorRT engines (tinysam2 export / build-engine) for "
-              "the onnxruntime and tensorrt backends"),
+              "the onnxruntime and tensorrt backends; empty = onnxruntime exports into the cache"),
+    ParamSpec("precision", "fp32", "compute precision: fp32, bf16 (torch backend) or int8 (onnxruntime, "
+              "dynamic quantization); see docs/efficiency-backends.md", choices=("fp32", "bf16", "int8")),
     ParamSpec("device", "cpu", "torch device, e.g. cpu or cuda:0"),
     ParamSpec("autostart", True, "configure and activate on start-up (no lifecycle manager needed)"),
     # inputs

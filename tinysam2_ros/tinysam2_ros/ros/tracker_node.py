@@ -156,7 +156,7 @@ class TrackerNode(LifecycleNode):
 
     # ------------------------------------------------------------------ lifecycle
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        from ..backends import make_backend
+        from ..backends import attach_backend
         from ..checkpoint import CheckpointError, load_checkpoint
         from ..modeling.build import build_model
         from ..modeling.presets import get_preset
@@ -178,8 +178,10 @@ class TrackerNode(LifecycleNode):
                 preset, memory_overrides(v), routing_overrides(v), feature_window=v["feature_window"], lost_after=v["lost_after"],
                 stamp_tolerance=v["stamp_tolerance"],
             )
-            if v["backend"] != "torch":
-                model.set_backend(make_backend(v["backend"], model, v["engine_dir"] or None, device=v["device"]))
+            logger = self.get_logger()
+            attach_backend(model, v["backend"], v["preset"], v["engine_dir"] or None, device=v["device"],
+                           memory=config.memory.to_dict(), precision=v["precision"],
+                           log=lambda msg: (logger.warning if msg.startswith("warning") else logger.info)(msg))
             tracker = Tracker(model, config, device=v["device"])
         except (KeyError, ValueError, CheckpointError, RuntimeError) as exc:  # BackendError is a RuntimeError
             self.get_logger().error(f"configure failed: {exc}")
@@ -208,7 +210,8 @@ class TrackerNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self._configured = True
         self.get_logger().info(
-            f"configured: preset {v['preset']}, backend {v['backend']} on {v['device']}, memory {config.memory.compression}"
+            f"configured: preset {v['preset']}, backend {model.backend.name} ({v['backend']}, {v['precision']}) on "
+            f"{v['device']}, memory {config.memory.compression}"
         )
         return TransitionCallbackReturn.SUCCESS
 
@@ -570,7 +573,8 @@ class TrackerNode(LifecycleNode):
         if self.session is None:
             return
         values = self.session.diagnostics()
-        values["backend"] = f"{self.get_parameter('backend').value} ({self.get_parameter('device').value})"
+        running = self.session.tracker.model.backend.name
+        values["backend"] = f"{running} ({self.get_parameter('backend').value}, {self.get_parameter('device').value})"
         values["lifecycle"] = "active" if self._running.is_set() else "inactive"
         values.update(self.detections.diagnostics() if self.detections is not None else
                       {"detections_input": "off (vision_msgs not importable)"})
