@@ -176,6 +176,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.detector and args.video:
         print("tinysam2 demo: --detector simulates a detector from annotations; --video has none (use --data or "
               "the generated video)", file=sys.stderr)
+        return 2
     if args.depth and (args.video or args.data):
         print("tinysam2 demo: --depth needs the generated video (its exact depth and camera are the truth)",
               file=sys.stderr)
