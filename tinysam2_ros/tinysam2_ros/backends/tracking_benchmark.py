@@ -52,7 +52,17 @@ DEFAULT_VARIANTS = (
     "tinysam2:backend=onnxruntime,memory.retrieval_keep=0.5,routing.enabled=true",
     "tinysam2:backend=auto",  # what a user gets: the preset's own settings, the backend auto picks
 )
-FIXTURE_FRAMES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "edgetam_reference" / "frames"
+FIXTURE_FRAMES = Path("shared") / "fixtures" / "edgetam_reference" / "frames"
+
+
+def fixture_frames() -> Path:
+    """The shared fixture's frames: ``shared/`` beside the checkout, looked for from the
+    current directory upwards (the README's commands run in the repository root)."""
+    here = Path.cwd().resolve()
+    for base in (here, *here.parents):
+        if (base / FIXTURE_FRAMES).is_dir():
+            return base / FIXTURE_FRAMES
+    return here.parent / FIXTURE_FRAMES  # named in the error when missing
 STAGE_SHORT = {"image_encoder": "img enc", "memory_attention": "mem attn", "mask_decoder": "decoder",
                "memory_encoder": "mem enc"}
 
@@ -226,7 +236,7 @@ def run_tracking_benchmark(variants: list[str], objects=(1, 5), sources=("real",
     for source in sources:
         if source == "real":
             try:
-                clips["real"] = real_frames(Path(video) if video else FIXTURE_FRAMES, count)
+                clips["real"] = real_frames(Path(video) if video else fixture_frames(), count)
             except FileNotFoundError as exc:
                 log(f"real frames skipped: {exc}")
         elif source == "synthetic":
