@@ -38,6 +38,21 @@ def edgetam_state_dict(edgetam_fixture_dir) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A small random model that reports objects as present (so tracks carry masks): what
+    the node tests load, since a trained model is not needed to test the wiring."""
+    from tinysam2_ros.modeling.build import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny")
+    with torch.no_grad():
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(3.0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def edgetam_reference_outputs(edgetam_fixture_dir):
     import numpy as np
 

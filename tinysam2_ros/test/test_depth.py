@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("tinysam2_ros_msgs.msg", reason="ROS interfaces not built (run `make setup`)")
@@ -20,7 +19,6 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from tinysam2_ros.evaluation.synth_depth import camera_info  # noqa: E402
-from tinysam2_ros.modeling.build import build_model  # noqa: E402
 from tinysam2_ros.ros.render import track_color  # noqa: E402
 from tinysam2_ros.ros.tracker_node import TrackerNode  # noqa: E402
 from tinysam2_ros_msgs.msg import Prompt, PromptArray, Track, TrackArray  # noqa: E402
@@ -29,18 +27,6 @@ from tinysam2_ros_msgs.srv import AddPrompts, RemoveObject  # noqa: E402
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 H, W = 96, 128
 Z = 2.0  # the scene is a wall at 2 m: every mask pixel has this depth
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A small random model that reports objects as present (so tracks carry masks)."""
-    torch.manual_seed(0)
-    model = build_model("tiny")
-    with torch.no_grad():
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(3.0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save({"model": model.state_dict()}, path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("tinysam2_ros_msgs.msg", reason="ROS interfaces not built (run `make setup`)")
@@ -34,23 +33,10 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from tinysam2_ros.modeling.build import build_model  # noqa: E402
 from tinysam2_ros_msgs.msg import Prompt, PromptArray, TrackArray  # noqa: E402
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 H, W = 96, 128
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A small random model that reports objects as present (so tracks carry masks)."""
-    torch.manual_seed(0)
-    model = build_model("tiny")
-    with torch.no_grad():
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(3.0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save({"model": model.state_dict()}, path)
-    return path
 
 
 class Launch:

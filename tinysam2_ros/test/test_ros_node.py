@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("tinysam2_ros_msgs.msg", reason="ROS interfaces not built (run `make setup`)")
@@ -22,25 +21,12 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # 
 from sensor_msgs.msg import Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from tinysam2_ros.modeling.build import build_model  # noqa: E402
 from tinysam2_ros_msgs.msg import Prompt, PromptArray, TrackArray  # noqa: E402
 from tinysam2_ros.ros.tracker_node import TrackerNode  # noqa: E402
 from tinysam2_ros_msgs.srv import AddPrompts, RemoveObject  # noqa: E402
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 H, W = 96, 128
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A small random model that reports objects as present (so tracks carry masks)."""
-    torch.manual_seed(0)
-    model = build_model("tiny")
-    with torch.no_grad():
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(3.0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save({"model": model.state_dict()}, path)
-    return path
 
 
 class Harness:
@@ -457,7 +443,6 @@ REPO = __import__("pathlib").Path(__file__).resolve().parents[1]  # the ament_py
 
 def test_launch_file_refers_to_what_the_package_installs():
     import ast
-    import re
 
     from tinysam2_ros.ros.params import SPECS
 
@@ -523,6 +508,7 @@ def test_tinysam2_track_runs_the_node_on_a_video(tmp_path):
 def test_node_runs_the_onnxruntime_backend_and_refuses_a_missing_tensorrt(ros, checkpoint, tmp_path):
     from tinysam2_ros.backends.onnx_export import export_stages
     from tinysam2_ros.checkpoint import load_checkpoint
+    from tinysam2_ros.modeling.build import build_model
 
     model = build_model("tiny")
     load_checkpoint(model, checkpoint)
