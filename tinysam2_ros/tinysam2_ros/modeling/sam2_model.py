@@ -348,9 +348,3 @@ class SAM2Model(nn.Module):
     def memory_tpos(self, t_rel: int) -> torch.Tensor:
         """Temporal encoding of a memory frame ``t_rel`` frames back (0 = prompted frame)."""
         return self.maskmem_tpos_enc[t_rel - 1].view(1, 1, -1)
-
-    @torch.no_grad()
-    def mask_prompt_to_logits(self, masks: torch.Tensor) -> torch.Tensor:
-        """Binary full-res mask prompt -> the low-res logits SAM 2 uses it as (+/-10)."""
-        return masks.float() * 20.0 - 10.0
-

@@ -174,10 +174,6 @@ class SpatialPerceiver(nn.Module):
         # this flag says (EdgeTAM's config sets it True anyway). Same here.
         self.pos_enc_at_key_value = pos_enc_at_key_value
 
-    @property
-    def num_output_tokens(self) -> int:
-        return max(self.num_latents, 0) + max(self.num_latents_2d, 0)
-
     def rope_coords(self, device=None) -> torch.Tensor:
         """``(num_latents + num_latents_2d, 2)`` RoPE positions of the output tokens.
 
