@@ -10,29 +10,10 @@ from tinysam2_ros.memory.routing import RoutingConfig, context_score
 from tinysam2_ros.modeling.build import build_model
 from tinysam2_ros.modeling.stages import dense_queries, tokens_to_map
 from tinysam2_ros.tracking.tracker import Tracker, TrackerConfig
+from test_tracker import frames, model  # noqa: F401  (the same small model fixture and frames)
 
 BOX1 = {"box": [30, 20, 70, 50]}
 BOX2 = {"box": [80, 40, 120, 90]}
-
-
-@pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    m = build_model("tiny")
-    with torch.no_grad():  # the random model "sees" objects, so memory is written
-        m.sam_mask_decoder.pred_obj_score_head.layers[-1].bias.fill_(2.0)
-    return m.eval()
-
-
-def frames(n: int, seed: int = 0, hw=(96, 128)) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 255, size=(*hw, 3), dtype=np.uint8)
-    out = []
-    for i in range(n):
-        f = base.copy()
-        f[20 + i : 50 + i, 30 + 2 * i : 70 + 2 * i] = (200, 40, 40)
-        out.append(f)
-    return out
 
 
 def track(model, n: int, memory: dict | None = None, routing: dict | None = None, objects=((1, BOX1),)):
