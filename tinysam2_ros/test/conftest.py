@@ -37,6 +37,15 @@ def edgetam_state_dict(edgetam_fixture_dir) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
+@pytest.fixture(scope="module")
+def ros():
+    """An initialised rclpy for the node tests of one module."""
+    rclpy = pytest.importorskip("rclpy")
+    rclpy.init()
+    yield
+    rclpy.shutdown()
+
+
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """A small random model that reports objects as present (so tracks carry masks): what

@@ -23,17 +23,11 @@ from tinysam2_ros.ros.render import track_color  # noqa: E402
 from tinysam2_ros.ros.tracker_node import TrackerNode  # noqa: E402
 from tinysam2_ros_msgs.msg import Prompt, PromptArray, Track, TrackArray  # noqa: E402
 from tinysam2_ros_msgs.srv import AddPrompts, RemoveObject  # noqa: E402
+from test_ros_node import Harness as NodeHarness  # noqa: E402  (call, wait_for)
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 H, W = 96, 128
 Z = 2.0  # the scene is a wall at 2 m: every mask pixel has this depth
-
-
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
 
 
 def info_msg(width=W, height=H, fx=None) -> CameraInfo:
@@ -59,7 +53,7 @@ def depth_msg(encoding="16UC1", width=W, height=H, value=Z) -> Image:
     return msg
 
 
-class Harness:
+class Harness(NodeHarness):
     def __init__(self, checkpoint, **params):
         overrides = {"preset": "tiny", "checkpoint": str(checkpoint), "diagnostics_period": 0.2,
                      "memory.write_threshold": 0.0, "image_qos": "reliable", "depth3d.enabled": True,
@@ -121,22 +115,8 @@ class Harness:
         assert self.wait_for(lambda: any(m.header.stamp == stamp for m in self.tracks)), "no tracks for a frame"
         return next(m for m in self.tracks if m.header.stamp == stamp)
 
-    def call(self, client, request, timeout=30.0):
-        assert client.wait_for_service(timeout_sec=10.0)
-        future = client.call_async(request)
-        end = time.time() + timeout
-        while not future.done() and time.time() < end:
-            time.sleep(0.01)
-        assert future.done()
-        return future.result()
-
     def wait_for(self, predicate, timeout=30.0):
-        end = time.time() + timeout
-        while time.time() < end:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return False
+        return super().wait_for(predicate, timeout)
 
     def errors(self) -> dict:
         return dict(self.node.session.stats.errors)

@@ -18,7 +18,7 @@ vision_msgs = pytest.importorskip("vision_msgs.msg", reason="vision_msgs is not 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
-from test_ros_node import RELIABLE, Harness, H, W, ros  # noqa: E402,F401  (fixtures)
+from test_ros_node import RELIABLE, Harness, H, W  # noqa: E402
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose  # noqa: E402
 
 from tinysam2_ros.ros.tracker_node import TrackerNode  # noqa: E402

@@ -16,7 +16,7 @@ from rclpy.qos import qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CompressedImage  # noqa: E402
 
 from test_input_limits import png_bomb  # noqa: E402
-from test_ros_node import H, W, Harness, box_prompt, ros  # noqa: E402,F401 (fixtures)
+from test_ros_node import H, W, Harness, box_prompt  # noqa: E402
 from tinysam2_ros.ros.tracker_node import TrackerNode  # noqa: E402
 from tinysam2_ros_msgs.msg import Prompt, PromptArray  # noqa: E402
 from tinysam2_ros_msgs.srv import AddPrompts  # noqa: E402

@@ -111,13 +111,6 @@ class Harness:
         return self.node.session.stats.processed.count if self.node.session else 0
 
 
-@pytest.fixture(scope="module")
-def ros():
-    rclpy.init()
-    yield
-    rclpy.shutdown()
-
-
 @pytest.fixture
 def harness(ros, checkpoint):
     h = Harness(checkpoint)
