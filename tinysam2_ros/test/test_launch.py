@@ -108,20 +108,23 @@ class Client:
         return msg
 
     def run(self, seconds: float) -> bool:
-        """Stream frames; prompt a box once the node has subscribed; True once a track with a mask arrives."""
-        prompted = False
+        """Stream frames; prompt a box once the node has subscribed (again every 10 frames while no
+        track exists: the node keeps only the newest frame, so a prompt stamped with a frame it
+        dropped is refused); True once a track with a mask arrives."""
+        prompted_at = None
         end = time.time() + seconds
         i = 0
         while time.time() < end:
             msg = self.frame(i)
             self.image_pub.publish(msg)
-            if not prompted and self.prompt_pub.get_subscription_count() > 0 and i > 2:
+            waiting = prompted_at is None or (i - prompted_at >= 10 and not any(t.tracks for t in list(self.tracks)))
+            if waiting and self.prompt_pub.get_subscription_count() > 0 and i > 2:
                 x = 20 + 2 * (i % 20)
                 p = Prompt(action=Prompt.ACTION_ADD, label="box", has_box=True)
                 p.header = msg.header
                 p.box_xyxy = [float(x), 30.0, float(x + 30), 60.0]
                 self.prompt_pub.publish(PromptArray(header=msg.header, prompts=[p]))
-                prompted = True
+                prompted_at = i
             if any(t.tracks and t.tracks[0].area > 0 for t in list(self.tracks)):
                 return True
             i += 1
