@@ -87,7 +87,8 @@ def test_retrieval_composes_with_budget_and_batches(model):
     both_t, both = track(model, 6, mem, objects=((1, BOX1), (2, BOX2)))
     _, one = track(model, 6, mem, objects=((1, BOX1),))
     _, two = track(model, 6, mem, objects=((2, BOX2),))
-    assert both_t.objects[1].memory_tokens == 150
+    # 5 memory frames (prompted, newest, 3 sparse at half their tokens): the budget shrinks to 150 * 3.5 / 5
+    assert both_t.objects[1].memory_tokens == 105
     torch.testing.assert_close(logits(both, 1), logits(one, 1), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(logits(both, 2), logits(two, 2), atol=1e-4, rtol=1e-4)
 
@@ -134,33 +135,57 @@ def test_routing_sends_a_subset_dense_on_schedule(demo):
         res, ref = tracker.step(f), dense.step(f)
     obj = next(iter(tracker.objects.values()))
     assert obj.last_dense == 4  # dense on frame 1 (first tracked), then every 3 frames
-    region = torch.zeros(h * h, dtype=torch.bool)
     for o in tracker.objects.values():
-        region |= tracker.object_memory.router.object_region(o.entry(5).low_res_logits, h, h)
-    assert int(region.sum()) <= obj.query_tokens < h * h
+        region = tracker.object_memory.router.object_region(o.entry(5).low_res_logits, h, h)
+        assert int(region.sum()) <= o.query_tokens < h * h
     for oid in masks:  # the routed masks stay close to the dense ones
         a, b = res.objects[oid].mask, ref.objects[oid].mask
         assert (a & b).sum() / max((a | b).sum(), 1) > 0.8
 
 
-def test_routing_batches_objects_on_the_union_of_their_routes(demo):
-    model, video, masks = demo
-    assert len(masks) >= 2
-    cfg = RoutingConfig(enabled=True, dense_every=100, context_keep=0.0, dilation=0, max_fraction=1.0, min_tokens=1)
+def _routed_tracker(model, video, masks, frames: int, **routing):
+    cfg = RoutingConfig(enabled=True, dense_every=100, **routing)
     tracker = Tracker(model, TrackerConfig(memory=MemoryConfig(compression="tinysam2", pool_factor=2), routing=cfg))
-    for i, f in enumerate(video[:4]):
+    for i, f in enumerate(video[:frames]):
         if i == 0:
             for oid, mask in masks.items():
                 tracker.add_prompt(oid, mask=mask)
         tracker.step(f)
+    return tracker
+
+
+def test_routing_batches_objects_with_routes_of_one_length(demo):
+    model, video, masks = demo
+    assert len(masks) >= 2
+    tracker = _routed_tracker(model, video, masks, 4, context_keep=0.0, dilation=0, max_fraction=1.0, min_tokens=1)
     router = tracker.object_memory.router
     objs = list(tracker.objects.values())
     pix = tracker._frames[3].feats.pix_feat
-    singles = [set(router.route([o], pix, 4).tolist()) for o in objs]
+    singles = [router.route([o], pix, 4)[0] for o in objs]
     both = router.route(objs, pix, 4)
-    assert set(both.tolist()) == set().union(*singles) and len(both) < model.feat_size ** 2
+    # one row per object, as long as the longest single route, each holding its own route
+    assert both.shape == (len(objs), max(len(r) for r in singles))
+    for row, single in zip(both, singles):
+        assert set(single.tolist()) <= set(row.tolist())
+        assert bool((row[1:] > row[:-1]).all())  # sorted, no repeats
     assert len({o.query_tokens for o in objs}) == 1  # batched through one memory-attention call
     assert objs[0].last_dense == 1 and objs[0].query_tokens < model.feat_size ** 2
+
+
+def test_routing_budget_caps_the_route_and_keeps_the_regions_structure(demo):
+    model, video, masks = demo
+    n = model.feat_size ** 2
+    tracker = _routed_tracker(model, video, masks, 4, dilation=4, uncertainty=50.0, max_fraction=0.1, min_tokens=1)
+    router = tracker.object_memory.router
+    assert router.budget(n) == round(0.1 * n)
+    for o in tracker.objects.values():  # uncertainty 50 puts every token in the region: the cap binds
+        assert o.query_tokens == router.budget(n)
+    o = next(iter(tracker.objects.values()))
+    pix = tracker._frames[3].feats.pix_feat
+    route = router.route([o], pix, 4)[0]
+    # the whole frame is the region, so the route is the highest-context tokens
+    expected = context_score(pix[:1])[0].topk(router.budget(n)).indices.sort().values
+    assert route.tolist() == expected.tolist()
 
 
 def test_routing_settings_are_validated_and_described():
@@ -192,3 +217,14 @@ def test_frames_the_memory_drops_are_not_encoded_and_memory_stays_bounded(model)
     with_features = [f for f, e in obj.entries.items() if e.features is not None]
     assert len(obj.bank) == 4 and set(obj.bank) <= set(with_features)
     assert len(with_features) <= 4 + tracker.config.feature_window
+
+
+def test_write_every_strides_memory_writes_and_skips_their_encoding(model):
+    tracker, _ = track(model, 9, {"write_every": 3, "num_slots": 6, "keep_recent": 6})
+    obj = tracker.objects[1]
+    assert obj.bank == (1, 4, 7)  # frame 0 is prompted; then every third tracked frame
+    assert [f for f, e in obj.entries.items() if e.features is not None] == [1, 4, 7]
+    every, _ = track(model, 9, {"num_slots": 6, "keep_recent": 6})
+    assert every.objects[1].bank == (3, 4, 5, 6, 7, 8)
+    with pytest.raises(ValueError, match="write_every"):
+        MemoryConfig(write_every=0)

@@ -42,8 +42,8 @@ H, W = 96, 128
 class Launch:
     """A `ros2 launch` process with its output collected."""
 
-    def __init__(self, *args: str, domain: int) -> None:
-        env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    def __init__(self, *args: str, domain: int, **env_vars: str) -> None:
+        env = dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", **env_vars)
         self.proc = subprocess.Popen(["ros2", "launch", "tinysam2_ros", "track.launch.py", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                      start_new_session=True)
@@ -176,3 +176,23 @@ def test_ros2_launch_tracks_a_prompted_object(checkpoint, namespace, extra):
     assert not _group_alive(launch.proc.pid), f"processes left behind by ros2 launch:\n{out[-2000:]}"
     assert "Traceback" not in out and "Failed to publish" not in out, out[-3000:]
     assert rc == 0, f"ros2 launch exited with {rc}:\n{out[-3000:]}"
+
+
+def test_ctrl_c_during_start_up_exits_cleanly(checkpoint, tmp_path):
+    """SIGINT while the node is still configuring (here: its first onnxruntime export into an
+    empty cache) ends it with a log line, exit code 0, no traceback and no half-written export."""
+    cache = tmp_path / "cache"
+    launch = Launch("preset:=tiny", f"checkpoint:={checkpoint}", "backend:=auto", domain=next(_DOMAINS),
+                    XDG_CACHE_HOME=str(cache))
+    end = time.time() + 120
+    while time.time() < end and "exporting tiny once into the cache" not in launch.output and launch.proc.poll() is None:
+        time.sleep(0.05)
+    assert "exporting tiny once into the cache" in launch.output, launch.output[-3000:]
+    rc = launch.stop()
+    out = launch.output
+    assert rc == 0, f"ros2 launch exited with {rc}:\n{out[-3000:]}"
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    assert "interrupted during start-up" in out or "SIGINT: shutting down" in out, out[-3000:]
+    assert not _group_alive(launch.proc.pid), f"processes left behind by ros2 launch:\n{out[-2000:]}"
+    entries = list((cache / "tinysam2_ros").iterdir()) if (cache / "tinysam2_ros").exists() else []
+    assert not [e for e in entries if e.name.startswith(".")], entries  # no temporary export left behind

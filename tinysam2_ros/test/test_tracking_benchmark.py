@@ -48,7 +48,7 @@ def test_tracking_benchmark_runs_variants_side_by_side(tmp_path):
     ort = [r for r in ok if r.variant == "tiny:backend=onnxruntime"]
     assert all(r.iou > 0.99 for r in ort)  # onnxruntime's masks are torch's
     text = "\n".join(lines)
-    assert "ratio = ms / ms of tiny:backend=torch" in text and "random weights of tiny at 256x256" in text
+    assert "ratio = median ms / median ms of tiny:backend=torch" in text and "random weights of tiny at 256x256" in text
     assert "skipped: TrackerConfig has no settings section 'nosuch'" in text
     assert (tmp_path / "plot.png").stat().st_size > 1000
 

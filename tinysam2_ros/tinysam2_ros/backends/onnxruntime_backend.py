@@ -13,6 +13,7 @@ the caller's device; data crosses to onnxruntime through host numpy arrays.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,11 @@ class OrtBackend(GraphBackend):
         self.providers = choose_providers(device, list(ort.get_available_providers()))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # The tracker interleaves these graphs with small torch ops; onnxruntime's worker
+        # threads spin-wait after each run by default and starve them
+        # (docs/efficiency-backends.md). TINYSAM2_ORT_SPIN=1 restores onnxruntime's default.
+        spin = os.environ.get("TINYSAM2_ORT_SPIN", "0") == "1"
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         if threads:
             opts.intra_op_num_threads = int(threads)
         self.sessions = {}

@@ -100,6 +100,7 @@ def run_efficiency(root: str | Path, checkpoint: str | None, preset: str, modes:
             "retrieval_keep": config.memory.retrieval_keep, "scored_frames": tracker.object_memory.scorer.calls,
             "ms_memory_attention": ms["memory_attention"], "ms_total": sum(ms.values()),
         })
+        log(f"  {mode}: J&F {overall['JF']:.3f}")
     dense = rows[0]["JF"]
     log(f"preset {preset}, input {model.image_size} ({model.feat_size}x{model.feat_size} tokens), {len(seqs)} "
         f"sequences under {root}, mask prompts; 'of first' = J&F / J&F of the first mode")

@@ -242,7 +242,12 @@ class ObjectMemory:
         budget = self.config.token_budget if self.config.compressed else 0
         feats_bt = torch.stack([torch.stack([e.features for _, e in frames]) for frames in per_obj]).float()
         allowed = None
-        if any(sparse):  # sparse frames offer only their kept tokens (budget and selection compose)
+        if any(sparse):
+            # sparse frames offer only their kept tokens and count for that share of a frame
+            # in the budget, so retrieval shrinks the memory read even where the budget binds
+            if budget:
+                share = (len(sparse) - sum(sparse) * (1.0 - self.config.retrieval_keep)) / len(sparse)
+                budget = max(1, round(budget * share))
             allowed = torch.ones(feats_bt.shape[:3], dtype=torch.bool, device=feats_bt.device)
             for j in (j for j, s in enumerate(sparse) if s):
                 allowed[:, j] = False
@@ -300,7 +305,8 @@ class ObjectMemory:
         tokens, pos, coords = dense_queries(pix_feat, m.constants()["pix_pos"])
         route = self.router.route(objs, pix_feat, t)
         if route is not None:
-            tokens, pos, coords = (x[:, route] for x in (tokens, pos, coords))
+            tokens, pos, coords = (x.gather(1, route[..., None].expand(-1, -1, x.shape[-1]))
+                                   for x in (tokens, pos, coords))
         mem = self.read(objs, t, (tokens, pos, coords))
         ctx = timer("memory_attention") if timer is not None else _nullcontext()
         with ctx:
@@ -313,7 +319,7 @@ class ObjectMemory:
                 o.last_dense = t
         else:
             cond = self.router.fill(objs, pix_feat).flatten(2).transpose(1, 2).clone()
-            cond[:, route] = out
+            cond.scatter_(1, route[..., None].expand(-1, -1, out.shape[-1]), out.to(cond.dtype))
             cond = tokens_to_map(cond, h, w)
         if self.routing.enabled and self.routing.fill == "previous":
             for i, o in enumerate(objs):

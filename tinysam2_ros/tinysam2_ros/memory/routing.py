@@ -1,22 +1,29 @@
 """Object-aware query routing (Efficient-SAM2 / Fast SAM2 ideas, training-free).
 
 Memory attention costs in proportion to the image tokens sent through it. Per frame
-and batch of objects only a routed subset goes:
-  * the previous frame's mask region (logits > 0), dilated by ``dilation`` tokens;
-  * uncertain tokens, where the previous logits come within ``uncertainty`` of 0;
-  * the top ``context_keep`` fraction of a light visual-context score (the distance of
-    a token's features from the mean of its 3x3 neighbourhood: edges and small
-    structures, where a re-appearing or fast object shows first);
-  * topped up to ``min_tokens`` from that score.
-Objects batched together share the union of their routes (one gather, no padding).
-The other tokens take the ``fill``: "no_memory" (the features of a frame decoded
-without memory: pix_feat + the learned no-memory embedding), "raw" (pix_feat) or
-"previous" (the object's previous memory-conditioned features at those tokens);
-docs/efficiency.md has the measured comparison.
+each object sends only its own route, ranked by priority:
+  1. its previous mask region (logits > 0, dilated by ``dilation`` tokens) and its
+     uncertain tokens (previous logits within ``uncertainty`` of 0);
+  2. the top ``context_keep`` fraction of the image by a light visual-context score (the
+     distance of a token's features from the mean of its 3x3 neighbourhood: edges and
+     small structures, where a re-appearing or fast object shows first);
+  3. the rest.
+Within each tier tokens rank by that context score: when a large region exceeds the
+budget, its edges and structure go through memory attention and its flat inside keeps
+the previous features (measured against ranking by closeness to the mask boundary or
+by mask logit: docs/efficiency.md).
+Every object of a batch routes the same number of tokens ``k`` (the largest route of
+the batch, at least ``min_tokens``, at most ``max_fraction`` of the tokens), so objects
+batch through one memory-attention call with per-object token sets: no padding, no
+attention mask, and a compute bound per object whatever its masks look like.
+The other tokens take the ``fill``: "previous" (the object's previous memory-conditioned
+features at those tokens), "no_memory" (the features of a frame decoded without memory:
+pix_feat + the learned no-memory embedding) or "raw" (pix_feat); docs/efficiency.md has
+the measured comparison.
 Dense processing: when routing is off, when any object of the batch has no previous
-output, was prompted on the previous frame, or was absent on it (occluded / lost), every ``dense_every``
-frames (so a re-entering object is found), and when the route would cover most
-tokens anyway. Prompted frames never reach memory attention.
+output, was prompted on the previous frame, or was absent on it (occluded / lost), and
+every ``dense_every`` frames (so drift is corrected and a re-entering object is found).
+Prompted frames never reach memory attention.
 """
 from __future__ import annotations
 
@@ -50,8 +57,8 @@ class RoutingConfig:
     min_tokens: int = field(default=16, metadata={
         "help": "fewest tokens routed per batch", "range": (1, 1 << 20), "choices": None, "live": True})
     max_fraction: float = field(default=0.75, metadata={
-        "help": "a route covering more than this fraction of the tokens runs dense instead", "range": (0.0, 1.0),
-        "choices": None, "live": True})
+        "help": "most tokens one object routes, as a fraction of h*w; a larger route keeps its mask region "
+                "first, then the high-context tokens", "range": (0.0, 1.0), "choices": None, "live": True})
     fill: str = field(default="previous", metadata={
         "help": "features of tokens not routed", "range": None, "choices": FILLS, "live": True})
 
@@ -119,29 +126,35 @@ class Router:
         uncertain = -F.adaptive_max_pool2d(-x.abs(), (h, w)) < c.uncertainty
         return (region | uncertain).flatten()
 
+    def budget(self, n: int) -> int:
+        """Most tokens one object routes out of ``n``."""
+        c = self.config
+        return min(n, max(c.min_tokens, int(round(c.max_fraction * n))))
+
     @torch.no_grad()
     def route(self, objs, pix_feat: torch.Tensor, t: int) -> torch.Tensor | None:
-        """Sorted token indices routed for ``objs`` at frame ``t`` (``None``: dense)."""
+        """``B x k`` sorted token indices routed per object at frame ``t`` (``None``: dense)."""
         if self.needs_dense(objs, t):
             return None
         c = self.config
         h, w = pix_feat.shape[-2:]
         n = h * w
-        chosen = torch.zeros(n, dtype=torch.bool, device=pix_feat.device)
-        for o in objs:
-            chosen |= self.object_region(o.entry(t - 1).low_res_logits, h, w)
         score = context_score(pix_feat[:1])[0]
-        order = score.argsort(descending=True)
+        score = score / score.max().clamp_min(1e-12)  # [0, 1]
+        context = torch.zeros(n, dtype=torch.bool, device=pix_feat.device)
         n_ctx = int(round(c.context_keep * n))
         if n_ctx > 0:
-            chosen[order[:n_ctx]] = True
-        missing = min(c.min_tokens, n) - int(chosen.sum())
-        if missing > 0:
-            free = order[~chosen[order]]
-            chosen[free[:missing]] = True
-        if int(chosen.sum()) > c.max_fraction * n:
-            return None
-        return chosen.nonzero()[:, 0]
+            context[score.topk(n_ctx).indices] = True
+        priority, wanted = [], 0
+        for o in objs:
+            region = self.object_region(o.entry(t - 1).low_res_logits, h, w).to(pix_feat.device)
+            # tiers (region 2, context 1, rest 0), ranked inside by the context score in [0, 1]
+            priority.append(score + torch.where(region, 2.0, torch.where(context, 1.0, 0.0)))
+            wanted = max(wanted, int((region | context).sum()))
+        k = min(self.budget(n), max(wanted, min(c.min_tokens, n)))
+        if k >= n:
+            return None  # every token routed: that is the dense computation
+        return torch.stack(priority).topk(k, dim=1).indices.sort(dim=1).values
 
     def fill(self, objs, pix_feat: torch.Tensor) -> torch.Tensor:
         """``B x C x h x w`` features of the tokens not routed."""

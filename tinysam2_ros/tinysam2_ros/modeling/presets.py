@@ -107,17 +107,19 @@ SAM21_MEMORY_TOKENS = 7 * 64 * 64  # spatial memory tokens SAM 2.1 feeds per obj
 
 # TinySAM 2: the SAM 2.1 pipeline (memory attention, pointers, no-object embeddings)
 # with the RepViT-M1 image encoder and the small memory above.
-# Its tracker also reads memory frames sparsely and routes only the object's tokens
-# through memory attention (memory/retrieval.py, memory/routing.py); the values are the
-# ones measured safe on the demo model (docs/efficiency.md). The reference presets keep
-# both off (SAM 2's exact computation).
-TINYSAM2_RETRIEVAL_KEEP = 0.5
+# Its tracker also reads memory frames sparsely, writes memory every other frame and
+# routes at most a tenth of the image tokens per object through memory attention
+# (memory/retrieval.py, memory/quality.py, memory/routing.py); the values are the ones
+# measured safe on the demo model (docs/efficiency.md). The reference presets keep all
+# of it off (SAM 2's exact computation).
+TINYSAM2_SPEED = {"retrieval_keep": 0.5, "write_every": 2}
+TINYSAM2_ROUTING = {"enabled": True, "max_fraction": 0.1}
 PRESETS["tinysam2"] = {
     **copy.deepcopy(PRESETS["sam2.1_hiera_t"]),
     "trunk": dict(_REPVIT_M1),
     "neck": dict(PRESETS["edgetam"]["neck"]),
-    "memory": {**TINYSAM2_MEMORY, "retrieval_keep": TINYSAM2_RETRIEVAL_KEEP},
-    "routing": {"enabled": True},
+    "memory": {**TINYSAM2_MEMORY, **TINYSAM2_SPEED},
+    "routing": dict(TINYSAM2_ROUTING),
 }
 
 # A small model for fast tests and CPU training: same structure, 256 px input,

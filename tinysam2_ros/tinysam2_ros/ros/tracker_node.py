@@ -640,29 +640,44 @@ class TrackerNode(LifecycleNode):
             self._pub_handles["tracked_detections"].publish(tracked_detections_msg(header, result))
 
 
+class _StartupInterrupted(BaseException):
+    """A signal arrived while the node was still starting (configure can take ~30 s)."""
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the node until SIGINT/SIGTERM (``ros2 run tinysam2_ros tracker_node``).
 
     rclpy's own handler would invalidate the context while the worker still publishes;
     instead a signal ends the spin, the node goes through its lifecycle shutdown (worker
-    joined, publishers released), and only then is the context shut down.
+    joined, publishers released), and only then is the context shut down. The handlers
+    are installed before the node is built: a signal during start-up (the first
+    onnxruntime export takes about 30 s) ends it with a log line, not a traceback.
     """
     import signal
 
     from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    node = TrackerNode()
-    executor = rclpy.executors.MultiThreadedExecutor(num_threads=4)  # topics, services, diagnostics
-    executor.add_node(node)
+    node: TrackerNode | None = None
     stop = threading.Event()
 
     def on_signal(signum, _frame) -> None:
-        node.get_logger().info(f"{signal.Signals(signum).name}: shutting down")
+        name = signal.Signals(signum).name
+        if node is None:
+            raise _StartupInterrupted(name)
+        node.get_logger().info(f"{name}: shutting down")
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    try:
+        node = TrackerNode()
+    except _StartupInterrupted as exc:
+        rclpy.logging.get_logger("tracker_node").info(f"{exc}: interrupted during start-up, exiting")
+        rclpy.try_shutdown()
+        return 0
+    executor = rclpy.executors.MultiThreadedExecutor(num_threads=4)  # topics, services, diagnostics
+    executor.add_node(node)
     try:
         while not stop.is_set() and rclpy.ok():
             executor.spin_once(timeout_sec=0.1)
