@@ -17,11 +17,11 @@ h*w grid (below 100 % when query routing is on). Settings are generic: ``backend
 ``TrackerConfig`` field, ``checkpoint=PATH`` for trained weights; a setting this build
 lacks skips the variant with a note.
 
-Query routing is the exception to "speed does not depend on the weights": its route
-covers the previous mask, and a random model's masks are arbitrary (often the whole
-frame, so routing falls back to dense). The ``queries`` column shows the share that
-went through memory attention; give trained weights (``checkpoint=``) for routing
-figures that mean something.
+Query routing depends on the weights a little: its route follows the previous mask, and
+a random model's masks are arbitrary (often the whole frame, so each object routes its
+full budget, ``routing.max_fraction``: the most a trained model's route can cost). The
+``queries`` column shows the share that went through memory attention, dense frames
+included; give trained weights (``checkpoint=``) for routes of real objects.
 """
 from __future__ import annotations
 
@@ -41,15 +41,14 @@ from ..tracking.tracker import STAGES, Tracker, TrackerConfig
 from . import attach_backend
 
 # each speed feature off and on, explicitly (whatever the preset's defaults), per backend
-_OFF = "memory.retrieval_keep=1.0,routing.enabled=false"
+_OFF = "memory.retrieval_keep=1.0,memory.write_every=1,routing.enabled=false"
 DEFAULT_VARIANTS = (
     "edgetam:backend=torch",  # the reference: EdgeTAM's dense tracker through torch
     f"tinysam2:backend=torch,{_OFF}",
-    "tinysam2:backend=torch,memory.retrieval_keep=0.5,routing.enabled=false",
-    "tinysam2:backend=torch,memory.retrieval_keep=1.0,routing.enabled=true",
-    "tinysam2:backend=torch,memory.retrieval_keep=0.5,routing.enabled=true",
     f"tinysam2:backend=onnxruntime,{_OFF}",
-    "tinysam2:backend=onnxruntime,memory.retrieval_keep=0.5,routing.enabled=true",
+    "tinysam2:backend=onnxruntime,memory.write_every=1,routing.enabled=false",  # + retrieval
+    "tinysam2:backend=onnxruntime,memory.retrieval_keep=1.0,routing.enabled=false",  # + write stride
+    "tinysam2:backend=onnxruntime,memory.retrieval_keep=1.0,memory.write_every=1",  # + routing
     "tinysam2:backend=auto",  # what a user gets: the preset's own settings, the backend auto picks
 )
 FIXTURE_FRAMES = Path("shared") / "fixtures" / "edgetam_reference" / "frames"

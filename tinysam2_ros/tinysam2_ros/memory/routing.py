@@ -148,8 +148,8 @@ class Router:
         priority, wanted = [], 0
         for o in objs:
             region = self.object_region(o.entry(t - 1).low_res_logits, h, w).to(pix_feat.device)
-            # tiers (region 2, context 1, rest 0), ranked inside by the context score in [0, 1]
-            priority.append(score + torch.where(region, 2.0, torch.where(context, 1.0, 0.0)))
+            # tiers (region, context, rest) 2 apart, ranked inside by the context score in [0, 1]
+            priority.append(score + torch.where(region, 4.0, torch.where(context, 2.0, 0.0)))
             wanted = max(wanted, int((region | context).sum()))
         k = min(self.budget(n), max(wanted, min(c.min_tokens, n)))
         if k >= n:
