@@ -106,7 +106,11 @@ def test_two_gloo_processes_take_the_steps_of_one_and_resume_with_any_world_size
     assert float(a[0]["loss"]) != pytest.approx(float(a[-1]["loss"]), rel=1e-3)  # training moved the loss
     wa, wb = load_file(str(single / "last.safetensors")), load_file(str(ddp / "last.safetensors"))
     assert wa.keys() == wb.keys()
-    assert max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa if wa[k].is_floating_point()) < 1e-4
+    # Adam moves a parameter by about lr per step whatever its gradient's size, so the float
+    # rounding of a 2-process gradient average can move a near-zero-gradient weight by a
+    # part of one step (1.01e-4 seen in CI); a lost optimizer state or a wrong data shard moves them by about a step or more.
+    half_step = TrainConfig(str(toy), str(single), **SHORT).lr / 2
+    assert max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa if wa[k].is_floating_point()) < half_step
 
 
 def test_loader_workers_give_the_clips_of_the_training_process(toy, tmp_path):
