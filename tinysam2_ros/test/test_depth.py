@@ -2,6 +2,7 @@
 points and Track 3D fields out, bad depth and camera_info refused and counted."""
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -299,13 +300,16 @@ def test_depth_flood_is_dropped_and_counted(ros, checkpoint):
     try:
         h.frame()
         assert h.call(h.add, AddPrompts.Request(prompts=[mask_prompt()])).success
+        start = time.monotonic()
         for _ in range(100):  # about 200 depth images per second for half a second: 20 per second are taken
             d = depth_msg()
             d.header.stamp = h.client.get_clock().now().to_msg()
             h.depth_pub.publish(d)
             time.sleep(0.005)
         assert h.wait_for(lambda: h.errors().get("depth_flood", 0) >= 20), h.errors()
-        assert len(h.node._depth3d.buffer) <= 21
+        # at most 20 in any one second; on a loaded machine the 100 arrive over more than one
+        # (a CI run kept 40 after the burst took longer than a second)
+        assert len(h.node._depth3d.buffer) <= 20 * math.ceil(time.monotonic() - start) + 1
         time.sleep(1.1)
         tracks = h.frame()  # a second later depth is taken again and 3D comes back
         assert tracks.tracks[0].quality_3d == Track.QUALITY_OK
