@@ -33,6 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..settings import check_fields
+
 FILLS = ("no_memory", "raw", "previous")
 
 
@@ -55,7 +57,7 @@ class RoutingConfig:
         "help": "run memory attention densely every this many frames (re-entering objects)", "range": (1, 10000),
         "choices": None, "live": True})
     min_tokens: int = field(default=16, metadata={
-        "help": "fewest tokens routed per batch", "range": (1, 1 << 20), "choices": None, "live": True})
+        "help": "fewest tokens one object routes", "range": (1, 1 << 20), "choices": None, "live": True})
     max_fraction: float = field(default=0.75, metadata={
         "help": "most tokens one object routes, as a fraction of h*w; a larger route keeps its mask region "
                 "first, then the high-context tokens", "range": (0.0, 1.0), "choices": None, "live": True})
@@ -66,15 +68,7 @@ class RoutingConfig:
         self.validate()
 
     def validate(self) -> None:
-        errors = []
-        for f in fields(self):
-            value, meta = getattr(self, f.name), f.metadata
-            if meta.get("range") is not None:
-                lo, hi = meta["range"]
-                if not lo <= value <= hi:
-                    errors.append(f"{f.name} must lie in [{lo}, {hi}], got {value}")
-            if meta.get("choices") is not None and value not in meta["choices"]:
-                errors.append(f"{f.name} must be one of {meta['choices']}, got {value!r}")
+        errors = check_fields(self)
         if errors:
             raise ValueError("invalid routing config: " + "; ".join(errors))
 
