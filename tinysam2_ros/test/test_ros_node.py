@@ -522,3 +522,16 @@ def test_node_runs_the_onnxruntime_backend_and_refuses_a_missing_tensorrt(ros, c
         assert node.session is None  # configure failed with the reason in the log; the process lives on
     finally:
         node.destroy_node()
+
+
+def test_random_weights_are_the_same_on_every_start(ros, tmp_path, monkeypatch):
+    """Without a checkpoint the node runs seeded random weights: a second start reuses the
+    first one's cached export instead of writing another (they would pile up on disk)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for _ in range(2):
+        h = Harness("", backend="auto")
+        try:
+            assert h.node.session is not None
+        finally:
+            h.close()
+    assert len(list((tmp_path / "tinysam2_ros").iterdir())) == 1

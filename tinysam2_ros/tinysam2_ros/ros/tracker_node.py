@@ -25,6 +25,7 @@ from typing import Any
 
 import rclpy
 import rclpy.executors
+import torch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point
@@ -169,7 +170,10 @@ class TrackerNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         try:
             preset = get_preset(v["preset"])
-            model = build_model(preset).to(v["device"])
+            with torch.random.fork_rng(devices=[]):  # seeded, without touching the process's RNG:
+                torch.manual_seed(0)  # random weights (no checkpoint) are the same on every start,
+                model = build_model(preset)  # so their cached export is reused, not written again
+            model = model.to(v["device"])
             if v["checkpoint"]:
                 load_checkpoint(model, v["checkpoint"], preset=v["preset"])
             else:
