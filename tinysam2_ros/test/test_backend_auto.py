@@ -115,9 +115,9 @@ def test_precision_checks(tmp_path):
 
 
 def test_int8_export_is_quantized_and_cached_apart(tmp_path):
-    """precision int8: the cached export's MatMuls become dynamically quantized
-    (MatMulInteger), the manifest says int8 with the new graphs' sha256, and the
-    outputs change (they are computed differently)."""
+    """precision int8: the cached export's image encoder becomes a calibrated QDQ int8
+    graph (the other stages stay fp32), the manifest says int8 with the new graph's
+    sha256, and the encoder's outputs change (computed in int8) but stay close."""
     import onnx
 
     from tinysam2_ros.backends.manifest import Manifest
@@ -129,10 +129,14 @@ def test_int8_export_is_quantized_and_cached_apart(tmp_path):
     assert int8.engine_dir != fp32.engine_dir  # two cache entries
     m = Manifest.load(int8.engine_dir)
     assert m.precision == "int8" and Manifest.load(fp32.engine_dir).precision == "fp32"
-    ops = {n.op_type for n in onnx.load(str(m.path("memory_attention"))).graph.node}
-    assert "MatMulInteger" in ops
-    inputs = example_inputs(model, "mask_decoder", b=2, n=3)
-    assert not torch.equal(int8.mask_decoder(*inputs.values())[0], fp32.mask_decoder(*inputs.values())[0])
+    ops = {n.op_type for n in onnx.load(str(m.path("image_encoder"))).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    for stage in ("mask_decoder", "memory_attention", "memory_encoder"):
+        assert m.stages[stage]["sha256"] == Manifest.load(fp32.engine_dir).stages[stage]["sha256"]
+    images = example_inputs(model, "image_encoder")["images"]
+    for a, b in zip(int8.image_encoder(images), fp32.image_encoder(images)):
+        assert not torch.equal(a, b)
+        assert float((a - b).norm() / b.norm()) < 0.5
 
 
 def test_int8_keeps_the_demo_models_masks():

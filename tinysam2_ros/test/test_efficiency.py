@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tinysam2_ros.memory.config import MemoryConfig
+from tinysam2_ros.memory.retrieval import grid_subset
 from tinysam2_ros.memory.routing import RoutingConfig, context_score
 from tinysam2_ros.modeling.build import build_model
 from tinysam2_ros.modeling.stages import dense_queries, tokens_to_map
@@ -82,6 +83,20 @@ def test_retrieval_selection_is_scored_once_and_reused(model):
     assert tracker.objects[1].memory_tokens == 64 + 64 + 3 * 16  # prompted + newest dense, 3 sparse
 
 
+def test_retrieval_scores_with_a_grid_subset_of_the_queries(model):
+    tokens = torch.arange(64 * 64, dtype=torch.float32).view(1, -1, 1)
+    (sub,) = grid_subset((tokens,), 64, 64, 1024)
+    rows, cols = sub.flatten().long().div(64, rounding_mode="floor"), sub.flatten().long() % 64
+    assert sub.shape == (1, 1024, 1) and set(rows.tolist()) == set(cols.tolist()) == set(range(1, 64, 2))
+    assert grid_subset((tokens,), 64, 64, 0)[0] is tokens and grid_subset((tokens,), 64, 64, 4096)[0] is tokens
+    (odd,) = grid_subset((tokens[:, :6 * 10],), 6, 10, 15)
+    assert odd.shape[1] <= 15
+    # the tracker scores with the subset: same frames scored, each once
+    few_t, _ = track(model, 6, {"retrieval_keep": 0.5, "retrieval_queries": 9})
+    all_t, _ = track(model, 6, {"retrieval_keep": 0.5, "retrieval_queries": 0})
+    assert few_t.object_memory.scorer.calls == all_t.object_memory.scorer.calls > 0
+
+
 def test_retrieval_composes_with_budget_and_batches(model):
     mem = {"retrieval_keep": 0.5, "token_budget": 150}
     both_t, both = track(model, 6, mem, objects=((1, BOX1), (2, BOX2)))
@@ -127,14 +142,19 @@ def test_routing_sends_a_subset_dense_on_schedule(demo):
     tracker = Tracker(model, TrackerConfig(memory=MemoryConfig(compression="tinysam2", pool_factor=2),
                                            routing=routing))
     dense = Tracker(model, TrackerConfig(memory=MemoryConfig(compression="tinysam2", pool_factor=2)))
+    went_dense = {oid: set() for oid in masks}
     for i, f in enumerate(video[:7]):
         if i == 0:
             for oid, mask in masks.items():
                 tracker.add_prompt(oid, mask=mask)
                 dense.add_prompt(oid, mask=mask)
         res, ref = tracker.step(f), dense.step(f)
-    obj = next(iter(tracker.objects.values()))
-    assert obj.last_dense == 4  # dense on frame 1 (first tracked), then every 3 frames
+        for oid, o in tracker.objects.items():
+            if o.last_dense == i:
+                went_dense[oid].add(i)
+    for oid, frames in went_dense.items():
+        # dense on frame 1 (first tracked), then every 3 frames at the object's phase
+        assert frames == {1} | {t for t in range(2, 7) if (t + oid) % 3 == 0}, (oid, frames)
     for o in tracker.objects.values():
         region = tracker.object_memory.router.object_region(o.entry(5).low_res_logits, h, h)
         assert int(region.sum()) <= o.query_tokens < h * h
@@ -144,7 +164,7 @@ def test_routing_sends_a_subset_dense_on_schedule(demo):
 
 
 def _routed_tracker(model, video, masks, frames: int, **routing):
-    cfg = RoutingConfig(enabled=True, dense_every=100, **routing)
+    cfg = RoutingConfig(**{"enabled": True, "dense_every": 100, **routing})
     tracker = Tracker(model, TrackerConfig(memory=MemoryConfig(compression="tinysam2", pool_factor=2), routing=cfg))
     for i, f in enumerate(video[:frames]):
         if i == 0:
@@ -170,6 +190,20 @@ def test_routing_batches_objects_with_routes_of_one_length(demo):
         assert bool((row[1:] > row[:-1]).all())  # sorted, no repeats
     assert len({o.query_tokens for o in objs}) == 1  # batched through one memory-attention call
     assert objs[0].last_dense == 1 and objs[0].query_tokens < model.feat_size ** 2
+
+
+def test_a_dense_object_does_not_make_the_batch_dense(demo):
+    model, video, masks = demo
+    ids = sorted(masks)[:2]
+    assert len(ids) == 2 and (ids[0] - ids[1]) % 2  # one id even, one odd
+    n = model.feat_size ** 2
+    tracker = _routed_tracker(model, video, {i: masks[i] for i in ids}, 2, dense_every=2)
+    for t in range(2, 6):
+        tracker.step(video[t])
+        due = [o for o in tracker.objects.values() if (t + o.obj_id) % 2 == 0]
+        assert len(due) == 1  # the refreshes alternate: one object dense per frame, the other routed
+        for o in tracker.objects.values():
+            assert (o.query_tokens == n) == (o is due[0]) and (o.last_dense == t) == (o is due[0]), (t, o.obj_id)
 
 
 def test_routing_budget_caps_the_route_and_keeps_the_regions_structure(demo):

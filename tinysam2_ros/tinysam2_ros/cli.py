@@ -60,8 +60,8 @@ def _add_backend_args(p: argparse.ArgumentParser, default: str = "auto") -> None
                         "$XDG_CACHE_HOME/tinysam2_ros)")
     p.add_argument("--engine-dir", help="directory from `tinysam2 export` / `tinysam2 build-engine`")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (default), bf16 (torch backend) or int8 (onnxruntime dynamic quantization); "
-                        "see docs/efficiency-backends.md")
+                   help="fp32 (default), bf16 (torch backend) or int8 (onnxruntime: the image encoder's "
+                        "convolutions in int8); see docs/efficiency-backends.md")
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ class BackendError(RuntimeError):
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "bf16", "int8")
 # what each backend offers: bf16 = torch autocast-free bfloat16 weights and activations,
-# int8 = onnxruntime dynamic quantization (``precision.py``); TensorRT chooses fp16 at build time
+# int8 = onnxruntime, the image encoder's convolutions statically quantized (``precision.py``); TensorRT chooses fp16 at build time
 PRECISION_OF = {"torch": ("fp32", "bf16"), "onnxruntime": ("fp32", "int8"), "tensorrt": ("fp32",)}
 
 

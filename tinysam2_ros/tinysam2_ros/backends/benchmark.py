@@ -82,7 +82,7 @@ def add_benchmark_parser(subparsers):
         description="Without --tracking: time the four stages (image encoder, mask decoder, memory attention, "
         "memory encoder) on random inputs of their contracts, for each backend that can run here, with the "
         "memory-token count the preset's memory settings give. Backends: torch, torch-fp16, torch-bf16, "
-        "onnxruntime, onnxruntime-int8 (dynamic quantization), tensorrt. With --tracking: run the streaming tracker end to end for each --variant on a real "
+        "onnxruntime, onnxruntime-int8 (image encoder convolutions in int8), tensorrt. With --tracking: run the streaming tracker end to end for each --variant on a real "
         "and a generated video with 1 and 5 objects, and print median ms per tracked frame and per stage, side by "
         "side, as ratios to the first variant (see tinysam2_ros/backends/tracking_benchmark.py).",
     )

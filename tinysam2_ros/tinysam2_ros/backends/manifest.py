@@ -47,7 +47,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "memory_encoder": ("memory",),
 }
 DTYPES = ("float32", "float16", "int32", "int64", "bool")
-PRECISIONS = ("fp32", "int8")  # int8: dynamic quantization of the graphs' weights (onnxruntime only)
+PRECISIONS = ("fp32", "int8")  # int8: the image encoder's convolutions quantized (onnxruntime only)
 
 
 class ManifestError(BackendError):

@@ -173,6 +173,7 @@ class Result:
     objects: int
     ms: float = float("nan")  # median per tracked frame
     mean_ms: float = float("nan")  # mean per tracked frame (counts the periodic dense frames of routing)
+    max_ms: float = float("nan")  # slowest tracked frame: the latency a robot waits for at worst
     stage_ms: dict = field(default_factory=dict)
     iou: float = float("nan")
     query_share: float = float("nan")  # memory-attention query tokens per object-frame / h*w
@@ -271,6 +272,7 @@ def run_tracking_benchmark(variants: list[str], objects=(1, 5), sources=("real",
                     continue
                 r.ms = statistics.median(totals)
                 r.mean_ms = statistics.fmean(totals)
+                r.max_ms = max(totals)
                 r.stage_ms = {s: statistics.median(st[s] for st in stages) for s in STAGES}
                 if v.backend == "auto":
                     r.note = f"auto -> {backend.name}"
@@ -293,11 +295,11 @@ def print_table(results: list[Result], variants: list[Variant], frames: int, log
             pass
     presets = ", ".join(f"{p} at {s}x{s}" for p, s in sizes.items())
     weights = "random weights" if not any(v.checkpoint for v in variants) else "weights as given (else random)"
-    log(f"\ntracking benchmark: {weights} of {presets} input, median (and mean) of {frames} tracked "
+    log(f"\ntracking benchmark: {weights} of {presets} input, median (mean, max) of {frames} tracked "
         f"frames, {torch.get_num_threads()} torch threads; ratio = median ms / median ms of {variants[0].spec} "
         "in the same case")
     wide = max(len(r.variant) for r in results) + 2 if results else 10
-    head = (f"{'variant':<{wide}}{'source':<11}{'obj':>4}{'ms/frame':>10}{'ratio':>7}{'mean ms':>9}"
+    head = (f"{'variant':<{wide}}{'source':<11}{'obj':>4}{'ms/frame':>10}{'ratio':>7}{'mean ms':>9}{'max ms':>9}"
             + "".join(f"{STAGE_SHORT[s]:>10}" for s in STAGES) + f"{'queries':>8}{'IoU':>7}  note")
     log(head)
     log("-" * len(head))
@@ -305,7 +307,7 @@ def print_table(results: list[Result], variants: list[Variant], frames: int, log
         ref = next(x for x in results if x.source == r.source and x.objects == r.objects)
         ratio = r.ms / ref.ms if ref.ms == ref.ms and r.ms == r.ms else float("nan")
         stages = "".join(f"{r.stage_ms.get(s, float('nan')):>10.1f}" for s in STAGES)
-        log(f"{r.variant:<{wide}}{r.source:<11}{r.objects:>4}{r.ms:>10.1f}{ratio:>7.2f}{r.mean_ms:>9.1f}{stages}{100 * r.query_share:>7.1f}%{r.iou:>7.3f}  {r.note}")
+        log(f"{r.variant:<{wide}}{r.source:<11}{r.objects:>4}{r.ms:>10.1f}{ratio:>7.2f}{r.mean_ms:>9.1f}{r.max_ms:>9.1f}{stages}{100 * r.query_share:>7.1f}%{r.iou:>7.3f}  {r.note}")
 
 
 def save_plot(results: list[Result], path: str | Path) -> None:

@@ -56,6 +56,10 @@ class MemoryConfig:
         "help": "sparse memory retrieval: fraction of a tracked memory frame's tokens kept, chosen by the "
                 "attention they receive on the frame's first recall (prompted and newest frames stay dense; 1 = off)",
         "range": (0.0, 1.0), "choices": None, "live": False})
+    retrieval_queries: int = field(default=1024, metadata={
+        "help": "sparse memory retrieval: most image tokens that score a newly recalled memory frame, a regular "
+                "grid subset of the image (0 = all; 1024 = every other row and column at 1024 px input)",
+        "range": (0, 1 << 20), "choices": None, "live": True})
     # internal (no parameter, no flag): frames after which a stored frame's retention score halves
     recency_half_life: float = 30.0
 

@@ -22,7 +22,7 @@ from .assemble import assemble_memory
 from .compression import TokenLayout, pool_tokens
 from .config import MemoryConfig
 from .quality import frame_quality, mask_agreement, next_bank
-from .retrieval import RetrievalScorer
+from .retrieval import RetrievalScorer, grid_subset
 from .routing import RoutingConfig, Router
 
 
@@ -218,11 +218,14 @@ class ObjectMemory:
         return max(1, int(round(self.config.retrieval_keep * self.layout.num_tokens)))
 
     def groups(self, objs: list[ObjectTrack], t: int) -> list[list[int]]:
-        """Indices into ``objs`` of the objects with memory at ``t``, batched by signature."""
+        """Indices into ``objs`` of the objects with memory at ``t``, batched by signature
+        and, with routing on, by whether they go dense (one dense object does not make the
+        whole batch dense)."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, o in enumerate(objs):
             if self.frames(o, t):
-                groups[self.signature(o, t)].append(i)
+                dense = self.routing.enabled and self.router.needs_dense(o, t)
+                groups[(self.signature(o, t), dense)].append(i)
         return list(groups.values())
 
     def read(self, objs: list[ObjectTrack], t: int, queries: tuple | None = None) -> Assembled:
@@ -307,10 +310,10 @@ class ObjectMemory:
         if route is not None:
             tokens, pos, coords = (x.gather(1, route[..., None].expand(-1, -1, x.shape[-1]))
                                    for x in (tokens, pos, coords))
-        # retrieval scores a newly recalled frame with all the image's queries, routed or not:
-        # scored by the routed ones only, the demo model at 512 kept 95.6 % of dense J&F
-        # instead of 114 % (docs/efficiency.md); it happens once per memory frame
-        mem = self.read(objs, t, dense)
+        # retrieval scores a newly recalled frame with the image's queries, routed or not
+        # (a grid subset of at most memory.retrieval_queries): scored by the routed ones only,
+        # the demo model at 512 kept 95.6 % of dense J&F instead of 114 % (docs/efficiency.md)
+        mem = self.read(objs, t, grid_subset(dense, h, w, self.config.retrieval_queries))
         ctx = timer("memory_attention") if timer is not None else _nullcontext()
         with ctx:
             out = m.attend_memory(tokens, pos, coords, mem.memory, mem.memory_pos, mem.num_ptr, mem.coords)

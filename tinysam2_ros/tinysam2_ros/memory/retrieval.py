@@ -9,9 +9,13 @@ The score is a cheap proxy of what memory attention will do: the first layer's
 cross-attention projections applied to the raw query tokens (its self-attention and
 the other layers are skipped), rotary positions as in the real attention, softmax over
 the frame's own tokens, attention mass summed over queries and heads. One such pass
-costs about one cross-attention of one frame in one layer, paid once per memory frame.
+costs about one cross-attention of one frame in one layer, paid once per memory frame;
+``memory.retrieval_queries`` caps the queries that score to a regular grid subset of
+the image (``grid_subset``), so the pass costs the same at any input size.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -49,3 +53,18 @@ class RetrievalScorer:
         k = apply_rope(k, *attn.rope(coords.expand(feats.shape[0], -1, -1)))
         probs = torch.softmax(q @ k.transpose(-1, -2) / attn.head_dim ** 0.5, dim=-1)  # B x H x Q x N
         return probs.sum(dim=(1, 2))
+
+
+def grid_subset(queries: tuple[torch.Tensor, ...], h: int, w: int, most: int) -> tuple[torch.Tensor, ...]:
+    """Tokens of raster-order ``B x h*w x .`` tensors on every ``s``-th row and column
+    (cell centres), ``s`` the smallest stride leaving at most ``most`` (0 = all)."""
+    if most <= 0 or h * w <= most:
+        return queries
+    s = max(1, math.ceil(math.sqrt(h * w / most)))
+    while math.ceil(h / s) * math.ceil(w / s) > most:
+        s += 1
+    dev = queries[0].device
+    rows = torch.arange(min(s // 2, h - 1), h, s, device=dev)
+    cols = torch.arange(min(s // 2, w - 1), w, s, device=dev)
+    idx = (rows[:, None] * w + cols[None]).flatten()
+    return tuple(x[:, idx] for x in queries)

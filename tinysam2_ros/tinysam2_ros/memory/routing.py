@@ -20,9 +20,11 @@ The other tokens take the ``fill``: "previous" (the object's previous memory-con
 features at those tokens), "no_memory" (the features of a frame decoded without memory:
 pix_feat + the learned no-memory embedding) or "raw" (pix_feat); docs/efficiency.md has
 the measured comparison.
-Dense processing: when routing is off, when any object of the batch has no previous
-output, was prompted on the previous frame, or was absent on it (occluded / lost), and
-every ``dense_every`` frames (so drift is corrected and a re-entering object is found).
+Dense processing, decided per object (dense and routed objects batch apart): when
+routing is off, when the object has no previous output, was prompted on the previous
+frame, or was absent on it (occluded / lost), and every ``dense_every`` frames (so drift
+is corrected), at a phase set by its id so that objects tracked together do not all
+refresh on the same frame.
 Prompted frames never reach memory attention.
 """
 from __future__ import annotations
@@ -97,17 +99,19 @@ class Router:
         self.model = model
         self.config = config
 
-    def needs_dense(self, objs, t: int) -> bool:
+    def needs_dense(self, obj, t: int) -> bool:
+        """Whether ``obj`` goes through memory attention densely at frame ``t``: routing off,
+        no usable previous output (none, prompted on ``t - 1``, absent there) or its periodic
+        refresh. Refreshes come every ``dense_every`` frames at a phase set by the object's id,
+        so objects tracked together refresh on different frames (a frame pays for one dense
+        object, not all of them; ``ObjectMemory.groups`` batches dense and routed apart)."""
         c = self.config
         if not c.enabled:
             return True
-        for o in objs:
-            prev = o.entry(t - 1)
-            if prev is None or prev.low_res_logits is None or prev.object_score <= 0 or (t - 1) in o.cond:
-                return True
-            if o.last_dense < 0 or t - o.last_dense >= c.dense_every:
-                return True
-        return False
+        prev = obj.entry(t - 1)
+        if prev is None or prev.low_res_logits is None or prev.object_score <= 0 or (t - 1) in obj.cond:
+            return True
+        return obj.last_dense < 0 or (t + obj.obj_id) % c.dense_every == 0
 
     def object_region(self, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """``h*w`` bool: dilated mask region and uncertain tokens of ``1 x 4h x 4w`` logits."""
@@ -128,7 +132,7 @@ class Router:
     @torch.no_grad()
     def route(self, objs, pix_feat: torch.Tensor, t: int) -> torch.Tensor | None:
         """``B x k`` sorted token indices routed per object at frame ``t`` (``None``: dense)."""
-        if self.needs_dense(objs, t):
+        if any(self.needs_dense(o, t) for o in objs):
             return None
         c = self.config
         h, w = pix_feat.shape[-2:]

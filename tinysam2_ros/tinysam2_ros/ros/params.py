@@ -40,8 +40,8 @@ _NODE_PARAMS: tuple[ParamSpec, ...] = (
               choices=("auto", "torch", "onnxruntime", "tensorrt")),
     ParamSpec("engine_dir", "", "exported graphs / TensorRT engines (tinysam2 export / build-engine) for "
               "the onnxruntime and tensorrt backends; empty = onnxruntime exports into the cache"),
-    ParamSpec("precision", "fp32", "compute precision: fp32, bf16 (torch backend) or int8 (onnxruntime, "
-              "dynamic quantization); see docs/efficiency-backends.md", choices=("fp32", "bf16", "int8")),
+    ParamSpec("precision", "fp32", "compute precision: fp32, bf16 (torch backend) or int8 (onnxruntime: the image "
+              "encoder's convolutions in int8, calibrated); see docs/efficiency-backends.md", choices=("fp32", "bf16", "int8")),
     ParamSpec("device", "cpu", "torch device, e.g. cpu or cuda:0"),
     ParamSpec("autostart", True, "configure and activate on start-up (no lifecycle manager needed)"),
     # inputs
