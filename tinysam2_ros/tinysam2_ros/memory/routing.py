@@ -103,8 +103,9 @@ class Router:
         """Whether ``obj`` goes through memory attention densely at frame ``t``: routing off,
         no usable previous output (none, prompted on ``t - 1``, absent there) or its periodic
         refresh. Refreshes come every ``dense_every`` frames at a phase set by the object's id,
-        so objects tracked together refresh on different frames (a frame pays for one dense
-        object, not all of them; ``ObjectMemory.groups`` batches dense and routed apart)."""
+        so objects tracked together refresh on different frames (a frame pays for about
+        B / dense_every dense objects, not all B; ``ObjectMemory.groups`` batches dense and
+        routed apart)."""
         c = self.config
         if not c.enabled:
             return True
