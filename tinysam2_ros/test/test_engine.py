@@ -329,6 +329,17 @@ def test_build_engines_without_tensorrt_gives_install_hint(tmp_path, monkeypatch
     assert not (tmp_path / "engines.json").exists()
 
 
+def test_build_engines_refuses_an_int8_export(tmp_path, monkeypatch):
+    """An int8 export (QDQ image encoder, for onnxruntime) is refused before TensorRT is
+    even looked for: the engines are built from fp32 graphs."""
+    _no_tensorrt(monkeypatch)
+    _write_export(tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "precision": "int8"}))
+    with pytest.raises(BackendError, match="int8 export, which is for onnxruntime; build engines from an fp32"):
+        build_engines(tmp_path)
+
+
 def test_trt_backend_without_tensorrt_gives_install_hint(tmp_path, monkeypatch):
     _no_tensorrt(monkeypatch)
     with pytest.raises(BackendError, match="python3-libnvinfer"):

@@ -390,6 +390,35 @@ def test_cli_export_table_and_failing_op_check(tmp_path, capsys, monkeypatch):
     assert _cli(["export", "--preset", "nope", "--out", str(tmp_path / "d")]) == 2
 
 
+def test_cli_export_int8_calibrated_on_a_folder(tmp_path, capsys):
+    """``--int8-calibration DIR``: the export's image encoder becomes a QDQ int8 graph
+    calibrated on the user's frames, and the onnxruntime backend runs it from --out."""
+    import cv2
+    import onnx
+
+    from tinysam2_ros.backends.precision import calibration_frames
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, f in enumerate(calibration_frames(3)):
+        assert cv2.imwrite(str(frames / f"{i:05d}.jpg"), f[..., ::-1])
+    out = tmp_path / "int8"
+    assert _cli(["export", "--preset", "tiny", "--out", str(out), "--skip-parity",
+                 "--int8-calibration", str(frames)]) == 0
+    assert f"calibrated on 3 frames of {frames}" in capsys.readouterr().out
+    m = Manifest.load(out)
+    assert m.precision == "int8"
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(m.path("image_encoder"))).graph.node}
+    backend = make_backend("onnxruntime", build_model("tiny"), out)
+    feats = backend.image_encoder(example_inputs(build_model("tiny"), "image_encoder")["images"])
+    assert all(bool(torch.isfinite(x).all()) for x in feats)
+    # a folder without frames: a clear error, exit 2
+    (tmp_path / "empty").mkdir()
+    assert _cli(["export", "--preset", "tiny", "--out", str(tmp_path / "x"), "--skip-parity",
+                 "--int8-calibration", str(tmp_path / "empty")]) == 2
+    assert "no .jpg / .png frames" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # 30-160 s on a 2-core CPU (--durations)
 def test_eval_gives_the_same_jf_with_onnxruntime_and_torch(tmp_path):
     """`tinysam2 eval --backend onnxruntime` vs `--backend torch` on the same data and weights."""

@@ -30,6 +30,10 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
                    help="memory-attention query tokens TensorRT tunes for (axis Nq, 1..h*w; default h*w, dense)")
     p.add_argument("--skip-parity", action="store_true", help="do not compare onnxruntime with PyTorch")
     p.add_argument("--tol", type=float, default=1e-3, help="max |diff| onnxruntime vs PyTorch (default 1e-3)")
+    p.add_argument("--int8-calibration", metavar="DIR",
+                   help="then quantize the image encoder's convolutions to int8 (onnxruntime only, the node's "
+                        "precision int8) calibrated on the .jpg/.png frames in DIR (at most 64, evenly spaced): "
+                        "frames of your own camera; then run the node with engine_dir set to --out")
     g = p.add_argument_group("memory settings the K range is derived from (defaults from the preset)")
     g.add_argument("--memory", dest="compression", choices=["off", "tinysam2"], help="memory compression")
     g.add_argument("--pool-factor", type=int, help="average-pooling factor of memory token grids")
@@ -47,6 +51,29 @@ def _memory_settings(preset: dict, args: argparse.Namespace) -> dict:
     if memory.get("compression") == "off":  # as TrackerConfig.from_preset: "off" drops the preset's knobs
         memory = {"compression": "off", **{k: v for k, v in overrides.items() if k != "compression"}}
     return memory
+
+
+MAX_CALIBRATION_FRAMES = 64
+
+
+def _calibration_frames(directory: Path) -> list:
+    """RGB frames of the images in ``directory`` (at most ``MAX_CALIBRATION_FRAMES``, evenly spaced)."""
+    import cv2
+    import numpy as np
+
+    if not directory.is_dir():
+        raise ValueError(f"{directory} is not a directory")
+    files = sorted(f for f in directory.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        raise ValueError(f"no .jpg / .png frames in {directory}")
+    pick = np.linspace(0, len(files) - 1, min(len(files), MAX_CALIBRATION_FRAMES)).round().astype(int)
+    frames = []
+    for i in sorted(set(pick.tolist())):
+        bgr = cv2.imread(str(files[i]), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"cannot read {files[i]}")
+        frames.append(np.ascontiguousarray(bgr[..., ::-1]))
+    return frames
 
 
 def _size(path: Path) -> str:
@@ -117,6 +144,16 @@ def run_export(args: argparse.Namespace) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
+    if args.int8_calibration:
+        from .precision import quantize_export
+
+        try:
+            frames = _calibration_frames(Path(args.int8_calibration))
+            quantize_export(out, frames)
+        except (OSError, ValueError, BackendError) as exc:
+            return fail(f"int8: {exc}")
+        print(f"int8: image encoder quantized, calibrated on {len(frames)} frames of {args.int8_calibration} "
+              "(parity above is of the fp32 graphs)")
     print(f"memory settings for K: {memory.to_dict()}")
     print(f"manifest: {out / 'manifest.json'}")
     print(f"operator check: {op_check}")

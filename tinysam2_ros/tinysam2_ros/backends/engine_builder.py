@@ -413,10 +413,13 @@ def build_engines(onnx_dir: str | Path, out_dir: str | Path | None = None, fp16:
     """
     if workspace_gb <= 0:
         raise BackendError(f"workspace must be positive, got {workspace_gb} GB")
-    trt = import_tensorrt()
-    gpu = require_cuda_gpu()
     onnx_dir = Path(onnx_dir)
     manifest = Manifest.load(onnx_dir)  # validated once, sha256 of every graph included
+    if manifest.precision != "fp32":
+        raise BackendError(f"{onnx_dir} is a {manifest.precision} export, which is for onnxruntime; build engines "
+                           "from an fp32 export (TensorRT chooses fp16 / fp32 per layer itself)")
+    trt = import_tensorrt()
+    gpu = require_cuda_gpu()
     out_dir = Path(out_dir) if out_dir is not None else onnx_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     timing = _TimingCache(Path(timing_cache) if timing_cache is not None else out_dir / TIMING_CACHE_NAME)
