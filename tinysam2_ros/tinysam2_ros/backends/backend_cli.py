@@ -61,9 +61,11 @@ def _calibration_frames(directory: Path) -> list:
     import cv2
     import numpy as np
 
+    from ..evaluation.davis import IMAGE_SUFFIXES
+
     if not directory.is_dir():
         raise ValueError(f"{directory} is not a directory")
-    files = sorted(f for f in directory.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    files = sorted(f for f in directory.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"no .jpg / .png frames in {directory}")
     pick = np.linspace(0, len(files) - 1, min(len(files), MAX_CALIBRATION_FRAMES)).round().astype(int)

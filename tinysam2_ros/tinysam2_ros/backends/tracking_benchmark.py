@@ -133,7 +133,9 @@ def real_frames(directory: Path, count: int) -> tuple[list[np.ndarray], list[lis
     and five prompt boxes: the fixture's own box first when ``fixture.json`` names one."""
     from PIL import Image
 
-    paths = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    from ..evaluation.davis import IMAGE_SUFFIXES
+
+    paths = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise FileNotFoundError(f"no frames in {directory}")
     loop = paths + paths[-2:0:-1] if len(paths) > 1 else paths

@@ -224,8 +224,7 @@ class ObjectMemory:
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, o in enumerate(objs):
             if self.frames(o, t):
-                dense = self.routing.enabled and self.router.needs_dense(o, t)
-                groups[(self.signature(o, t), dense)].append(i)
+                groups[(self.signature(o, t), self.router.needs_dense(o, t))].append(i)
         return list(groups.values())
 
     def read(self, objs: list[ObjectTrack], t: int, queries: tuple | None = None) -> Assembled:
