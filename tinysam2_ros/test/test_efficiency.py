@@ -7,7 +7,7 @@ import torch
 
 from tinysam2_ros.memory.config import MemoryConfig
 from tinysam2_ros.memory.retrieval import grid_subset
-from tinysam2_ros.memory.routing import RoutingConfig, context_score
+from tinysam2_ros.memory.routing import Router, RoutingConfig, context_score
 from tinysam2_ros.modeling.build import build_model
 from tinysam2_ros.modeling.stages import dense_queries, tokens_to_map
 from tinysam2_ros.tracking.tracker import Tracker, TrackerConfig
@@ -204,6 +204,71 @@ def test_a_dense_object_does_not_make_the_batch_dense(demo):
         assert len(due) == 1  # the refreshes alternate: one object dense per frame, the other routed
         for o in tracker.objects.values():
             assert (o.query_tokens == n) == (o is due[0]) and (o.last_dense == t) == (o is due[0]), (t, o.obj_id)
+
+
+def test_a_coarse_refresh_routes_the_grid_and_interpolates_the_rest(demo):
+    model, video, masks = demo
+    ids = sorted(masks)[:2]
+    h = model.feat_size
+    n = h * h
+    tracker = _routed_tracker(model, video, {i: masks[i] for i in ids}, 2, dense_every=2, refresh_stride=3,
+                              max_fraction=0.1, min_tokens=1)
+    router = tracker.object_memory.router
+    rows, cols = router.grid(h, h, 3)
+    assert rows.tolist() == list(range(1, h, 3))
+    for t in range(2, 6):
+        tracker.step(video[t])
+        for o in tracker.objects.values():
+            refreshed = (t + o.obj_id) % 2 == 0
+            assert o.last_dense == 1  # a coarse refresh is not a dense frame
+            if refreshed:  # the grid and the route: more than a route, far fewer than all
+                assert rows.numel() * cols.numel() < o.query_tokens <= rows.numel() * cols.numel() + 26
+            else:
+                assert o.query_tokens <= 26
+    # the refresh keeps the masks close to dense tracking
+    dense = Tracker(model, TrackerConfig(memory=MemoryConfig(compression="tinysam2", pool_factor=2)))
+    for i, f in enumerate(video[:6]):
+        if i == 0:
+            for oid in ids:
+                dense.add_prompt(oid, mask=masks[oid])
+        ref = dense.step(f)
+    for oid in ids:
+        a, b = tracker.objects[oid].entry(5).low_res_logits > 0, ref.objects[oid].low_res_logits > 0
+        assert (a & b).sum() / max((a | b).sum(), 1) > 0.7
+
+
+def test_an_absent_object_is_searched_with_its_own_grid(demo):
+    model, video, masks = demo
+    oid = sorted(masks)[0]
+    h = model.feat_size
+    tracker = _routed_tracker(model, video, {oid: masks[oid]}, 3, refresh_stride=2, search_stride=4)
+    router = tracker.object_memory.router
+    o = tracker.objects[oid]
+    assert router.grid_stride(o, 3) == 0  # present, not due: the route alone
+    o.entry(2).object_score = -3.0  # as if occluded on frame 2
+    assert router.grid_stride(o, 3) == 4
+    route = router.route([o], tracker._frames[2].feats.pix_feat, 3)[0]
+    rows, cols = router.grid(h, h, 4)
+    assert set((rows[:, None] * h + cols[None]).flatten().tolist()) <= set(route.tolist())
+    router.config.search_stride = 1  # live: back to a dense search
+    assert router.needs_dense(o, 3) and router.route([o], tracker._frames[2].feats.pix_feat, 3) is None
+
+
+def test_the_refresh_residual_is_exact_on_the_grid_and_linear_between(model):
+    h = w = 16
+    router = Router(model, RoutingConfig(enabled=True))
+    rows, cols = router.grid(h, w, 4)
+    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                          indexing="ij")
+    base = torch.randn(2, 3, h, w)
+    cond = base + torch.stack([y, 2 * x - y, torch.zeros_like(x)])[None]  # a residual linear in (y, x)
+    cond[:, :, 0] = 100.0  # off the grid (rows 2, 6, 10, 14): not seen
+    out = router.interpolate_residual(cond, base, 4)
+    torch.testing.assert_close(out[:, :, rows][:, :, :, cols], cond[:, :, rows][:, :, :, cols])
+    inside = (slice(None), slice(None), slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    torch.testing.assert_close(out[inside], (base + torch.stack([y, 2 * x - y, torch.zeros_like(x)]))[inside])
+    # constant beyond the first grid row
+    torch.testing.assert_close(out[:, :, 0] - base[:, :, 0], out[:, :, int(rows[0])] - base[:, :, int(rows[0])])
 
 
 def test_routing_budget_caps_the_route_and_keeps_the_regions_structure(demo):

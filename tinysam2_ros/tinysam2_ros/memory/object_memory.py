@@ -219,12 +219,12 @@ class ObjectMemory:
 
     def groups(self, objs: list[ObjectTrack], t: int) -> list[list[int]]:
         """Indices into ``objs`` of the objects with memory at ``t``, batched by signature
-        and, with routing on, by whether they go dense (one dense object does not make the
-        whole batch dense)."""
+        and, with routing on, by the token grid they send besides their route (one dense
+        object does not make the whole batch dense, nor one refresh the batch refresh)."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, o in enumerate(objs):
             if self.frames(o, t):
-                groups[(self.signature(o, t), self.router.needs_dense(o, t))].append(i)
+                groups[(self.signature(o, t), self.router.grid_stride(o, t))].append(i)
         return list(groups.values())
 
     def read(self, objs: list[ObjectTrack], t: int, queries: tuple | None = None) -> Assembled:
@@ -299,7 +299,8 @@ class ObjectMemory:
         """Memory-conditioned features ``B x C x h x w`` of objects sharing a signature.
 
         With routing on, only the routed tokens go through memory attention; the others
-        take the routing's fill (see ``memory/routing.py``). ``timer(name)`` is an
+        take the routing's fill, on a coarse pass corrected by the grid tokens' residual
+        (see ``memory/routing.py``). ``timer(name)`` is an
         optional context manager timing the memory-attention stage.
         """
         m = self.model
@@ -323,8 +324,13 @@ class ObjectMemory:
             for o in objs:
                 o.last_dense = t
         else:
-            cond = self.router.fill(objs, pix_feat).flatten(2).transpose(1, 2).clone()
-            cond.scatter_(1, route[..., None].expand(-1, -1, out.shape[-1]), out.to(cond.dtype))
+            base = self.router.fill(objs, pix_feat)
+            index = route[..., None].expand(-1, -1, out.shape[-1])
+            cond = base.flatten(2).transpose(1, 2).clone().scatter_(1, index, out.to(base.dtype))
+            stride = self.router.grid_stride(objs[0], t)
+            if stride > 1:
+                cond = self.router.interpolate_residual(tokens_to_map(cond, h, w), base, stride)
+                cond = cond.flatten(2).transpose(1, 2).clone().scatter_(1, index, out.to(base.dtype))
             cond = tokens_to_map(cond, h, w)
         if self.routing.enabled and self.routing.fill == "previous":
             for i, o in enumerate(objs):

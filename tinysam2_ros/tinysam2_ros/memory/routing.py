@@ -20,11 +20,18 @@ The other tokens take the ``fill``: "previous" (the object's previous memory-con
 features at those tokens), "no_memory" (the features of a frame decoded without memory:
 pix_feat + the learned no-memory embedding) or "raw" (pix_feat); docs/efficiency.md has
 the measured comparison.
-Dense processing, decided per object (dense and routed objects batch apart): when
+Dense processing, decided per object (objects batch by how they go through): when
 routing is off, when the object has no previous output, was prompted on the previous
-frame, or was absent on it (occluded / lost), and every ``dense_every`` frames (so drift
-is corrected), at a phase set by its id so that objects tracked together do not all
-refresh on the same frame.
+frame, or has never been dense.
+Every ``dense_every`` frames an object is refreshed (so drift is corrected and a part
+that left the route is found again), at a phase set by its id so that objects tracked
+together do not all refresh on the same frame; an object absent on the previous frame
+(occluded, lost) is searched for on every frame. With ``refresh_stride`` (or
+``search_stride``) 1 these passes are dense. With a larger stride they are coarse: the
+route plus every stride-th row and column go through memory attention, and every other
+token takes the fill plus the memory residual (output - fill) of the grid tokens,
+interpolated bilinearly: memory conditioning everywhere at a fraction of the dense cost
+(docs/efficiency.md).
 Prompted frames never reach memory attention.
 """
 from __future__ import annotations
@@ -56,13 +63,21 @@ class RoutingConfig:
         "help": "fraction of tokens routed by the visual-context score", "range": (0.0, 1.0), "choices": None,
         "live": True})
     dense_every: int = field(default=8, metadata={
-        "help": "run memory attention densely every this many frames (re-entering objects)", "range": (1, 10000),
+        "help": "refresh each object's memory attention every this many frames (drift, re-entering parts): "
+                "dense or coarse by refresh_stride", "range": (1, 10000),
         "choices": None, "live": True})
     min_tokens: int = field(default=16, metadata={
         "help": "fewest tokens one object routes", "range": (1, 1 << 20), "choices": None, "live": True})
     max_fraction: float = field(default=0.75, metadata={
         "help": "most tokens one object routes, as a fraction of h*w; a larger route keeps its mask region "
                 "first, then the high-context tokens", "range": (0.0, 1.0), "choices": None, "live": True})
+    refresh_stride: int = field(default=1, metadata={
+        "help": "periodic refreshes send the route plus every this-many-th token row and column through memory "
+                "attention and interpolate the rest (1: dense refresh)", "range": (1, 64), "choices": None,
+        "live": True})
+    search_stride: int = field(default=1, metadata={
+        "help": "the same for an object absent on the previous frame, searched for on every frame it stays "
+                "absent (1: dense search)", "range": (1, 64), "choices": None, "live": True})
     fill: str = field(default="previous", metadata={
         "help": "features of tokens not routed", "range": None, "choices": FILLS, "live": True})
 
@@ -92,27 +107,63 @@ def context_score(pix_feat: torch.Tensor) -> torch.Tensor:
     return (pix_feat - local).norm(dim=1).flatten(1)
 
 
+def grid_lines(n: int, stride: int, device=None) -> torch.Tensor:
+    """Indices of every ``stride``-th of ``n`` rows (or columns), cell centres."""
+    return torch.arange(min(stride // 2, n - 1), n, stride, device=device)
+
+
+def interpolation_matrix(lines: torch.Tensor, n: int) -> torch.Tensor:
+    """``n x len(lines)`` weights interpolating values given at ``lines`` linearly to all
+    ``n`` positions (constant beyond the first and last line)."""
+    x = torch.arange(n, dtype=torch.float32, device=lines.device)
+    at = lines.float()
+    if at.numel() == 1:
+        return torch.ones(n, 1, device=lines.device)
+    j = torch.searchsorted(at, x, right=True).clamp(1, at.numel() - 1)
+    lo, hi = at[j - 1], at[j]
+    frac = ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+    weights = torch.zeros(n, at.numel(), device=lines.device)
+    weights[torch.arange(n), j - 1] = 1.0 - frac
+    weights[torch.arange(n), j] += frac
+    return weights
+
+
 class Router:
     """Chooses the tokens of a batch of objects that go through memory attention."""
+
 
     def __init__(self, model, config: RoutingConfig) -> None:
         self.model = model
         self.config = config
 
-    def needs_dense(self, obj, t: int) -> bool:
-        """Whether ``obj`` goes through memory attention densely at frame ``t``: routing off,
-        no usable previous output (none, prompted on ``t - 1``, absent there) or its periodic
-        refresh. Refreshes come every ``dense_every`` frames at a phase set by the object's id,
-        so objects tracked together refresh on different frames (a frame pays for about
-        B / dense_every dense objects, not all B; ``ObjectMemory.groups`` batches dense and
-        routed apart)."""
+    def grid_stride(self, obj, t: int) -> int:
+        """The token grid ``obj`` sends through memory attention at frame ``t`` besides its
+        route: 1 (every token: dense) with routing off or without a usable previous output
+        (none, prompted on ``t - 1``, never dense yet); ``search_stride`` when it was absent
+        on ``t - 1``; ``refresh_stride`` on its periodic refresh, every ``dense_every``
+        frames at a phase set by the object's id so that objects tracked together refresh
+        on different frames (a frame pays for about B / dense_every refreshes, not B);
+        else 0 (the route alone). ``ObjectMemory.groups`` batches strides apart."""
         c = self.config
         if not c.enabled:
-            return True
+            return 1
         prev = obj.entry(t - 1)
-        if prev is None or prev.low_res_logits is None or prev.object_score <= 0 or (t - 1) in obj.cond:
-            return True
-        return obj.last_dense < 0 or (t + obj.obj_id) % c.dense_every == 0
+        if prev is None or prev.low_res_logits is None or (t - 1) in obj.cond or obj.last_dense < 0:
+            return 1
+        if prev.object_score <= 0:
+            return c.search_stride
+        if (t + obj.obj_id) % c.dense_every == 0:
+            return c.refresh_stride
+        return 0
+
+    def needs_dense(self, obj, t: int) -> bool:
+        """Whether ``obj`` goes through memory attention densely at frame ``t``."""
+        return self.grid_stride(obj, t) == 1
+
+    @staticmethod
+    def grid(h: int, w: int, stride: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, cols) of a coarse pass's token grid."""
+        return grid_lines(h, stride, device), grid_lines(w, stride, device)
 
     def object_region(self, logits: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """``h*w`` bool: dilated mask region and uncertain tokens of ``1 x 4h x 4w`` logits."""
@@ -132,8 +183,10 @@ class Router:
 
     @torch.no_grad()
     def route(self, objs, pix_feat: torch.Tensor, t: int) -> torch.Tensor | None:
-        """``B x k`` sorted token indices routed per object at frame ``t`` (``None``: dense)."""
-        if any(self.needs_dense(o, t) for o in objs):
+        """``B x k`` sorted token indices routed per object at frame ``t`` (``None``: dense).
+        A batch with a grid stride (coarse refresh or search) routes that grid too."""
+        stride = self.grid_stride(objs[0], t)
+        if stride == 1 or any(self.needs_dense(o, t) for o in objs):
             return None
         c = self.config
         h, w = pix_feat.shape[-2:]
@@ -151,9 +204,24 @@ class Router:
             priority.append(score + torch.where(region, 4.0, torch.where(context, 2.0, 0.0)))
             wanted = max(wanted, int((region | context).sum()))
         k = min(self.budget(n), max(wanted, min(c.min_tokens, n)))
+        priority = torch.stack(priority)
+        if stride > 1:
+            rows, cols = self.grid(h, w, stride, pix_feat.device)
+            on_grid = (rows[:, None] * w + cols[None]).flatten()
+            priority[:, on_grid] += 8.0  # a tier above the route
+            k = min(n, k + on_grid.numel())
         if k >= n:
             return None  # every token routed: that is the dense computation
-        return torch.stack(priority).topk(k, dim=1).indices.sort(dim=1).values
+        return priority.topk(k, dim=1).indices.sort(dim=1).values
+
+    def interpolate_residual(self, cond: torch.Tensor, base: torch.Tensor, stride: int) -> torch.Tensor:
+        """``B x C x h x w``: ``base`` plus the residual ``cond - base`` of the stride's grid
+        tokens, interpolated bilinearly to every token (exact on the grid)."""
+        h, w = cond.shape[-2:]
+        rows, cols = self.grid(h, w, stride, cond.device)
+        residual = (cond - base)[:, :, rows][:, :, :, cols].float()
+        wy, wx = interpolation_matrix(rows, h), interpolation_matrix(cols, w)
+        return base + (wy @ residual @ wx.T).to(base.dtype)
 
     def fill(self, objs, pix_feat: torch.Tensor) -> torch.Tensor:
         """``B x C x h x w`` features of the tokens not routed."""
