@@ -372,6 +372,11 @@ def test_live_parameters(harness):
     assert h.node.session.tracker.memory.similarity == "redundancy"
     # the harness's configure-time override (memory.write_threshold 0.0) survives a live change
     assert h.node.session.tracker.memory.write_threshold == 0.0
+    # routing settings are live too, and reach the router the next frame uses
+    assert set_param("routing.refresh_stride", 5).successful
+    assert h.node.session.tracker._mem.router.config.refresh_stride == 5
+    r = set_param("routing.search_stride", 0)
+    assert not r.successful and "search_stride must be in [1, 64]" in r.reason
 
 
 def test_bad_checkpoint_fails_configure_cleanly(ros, tmp_path):

@@ -131,7 +131,6 @@ def interpolation_matrix(lines: torch.Tensor, n: int) -> torch.Tensor:
 class Router:
     """Chooses the tokens of a batch of objects that go through memory attention."""
 
-
     def __init__(self, model, config: RoutingConfig) -> None:
         self.model = model
         self.config = config
@@ -219,7 +218,8 @@ class Router:
         tokens, interpolated bilinearly to every token (exact on the grid)."""
         h, w = cond.shape[-2:]
         rows, cols = self.grid(h, w, stride, cond.device)
-        residual = (cond - base)[:, :, rows][:, :, :, cols].float()
+        on_grid = (slice(None), slice(None), rows[:, None], cols[None])
+        residual = (cond[on_grid] - base[on_grid]).float()
         wy, wx = interpolation_matrix(rows, h), interpolation_matrix(cols, w)
         return base + (wy @ residual @ wx.T).to(base.dtype)
 
