@@ -73,7 +73,7 @@ def dynamic_ranges(model, memory: MemoryConfig, max_objects: int = 16, max_point
 
     B: 1..max_objects (opt 1). N: 1..max_points + 2 (opt 2: a box as two corners).
     Nq: memory-attention query tokens, 1..h*w; opt ``opt_queries`` (default h*w: dense, what
-      prompted frames and periodic dense frames run; a routed tracker may tune it lower).
+      prompted frames and dense refreshes run; a routed tracker may tune it lower).
     K = spatial memory tokens + object-pointer tokens, as ``Tracker._condition`` feeds them:
       min: one stored memory frame (pooled when compressed; capped by the token budget),
            no pointers;

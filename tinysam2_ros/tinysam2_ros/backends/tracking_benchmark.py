@@ -174,7 +174,7 @@ class Result:
     source: str
     objects: int
     ms: float = float("nan")  # median per tracked frame
-    mean_ms: float = float("nan")  # mean per tracked frame (counts the periodic dense frames of routing)
+    mean_ms: float = float("nan")  # mean per tracked frame (counts routing's periodic refresh frames)
     max_ms: float = float("nan")  # slowest tracked frame: the latency a robot waits for at worst
     stage_ms: dict = field(default_factory=dict)
     iou: float = float("nan")
