@@ -301,7 +301,10 @@ def test_depth_flood_is_dropped_and_counted(ros, checkpoint):
         h.frame()
         assert h.call(h.add, AddPrompts.Request(prompts=[mask_prompt()])).success
         start = time.monotonic()
-        for _ in range(100):  # about 200 depth images per second for half a second: 20 per second are taken
+        # about 200 depth images per second, of which 20 per second are taken, until 20 were
+        # dropped: a loaded machine loses some of the burst in transport before the node
+        # sees it (a CI run counted only 9 drops of a fixed 100), so the burst runs until then
+        while h.errors().get("depth_flood", 0) < 20 and time.monotonic() - start < 20.0:
             d = depth_msg()
             d.header.stamp = h.client.get_clock().now().to_msg()
             h.depth_pub.publish(d)
