@@ -9,7 +9,7 @@ import pytest
 from tinysam2_ros.memory.config import MemoryConfig
 from tinysam2_ros.ros import params
 from tinysam2_ros.settings import (add_cli_flags, check_fields, cli_overrides, param_overrides, param_specs,
-                                   settings_of)
+                                   param_values, settings_of)
 
 
 @dataclass
@@ -52,6 +52,13 @@ def test_cli_flags_default_to_the_preset_and_check_choices():
     add_cli_flags(q, Knobs, "knobs", prefix="knobs-")
     assert cli_overrides(q.parse_args(["--knobs-count", "2", "--knobs-on"]), Knobs, prefix="knobs-") == {
         "count": 2, "on": True}
+    # CLI settings become node parameters (`tinysam2 demo --routing-enabled` once sent a bool
+    # to a text parameter and the node refused to start) and read back as the same settings
+    given = cli_overrides(q.parse_args(["--knobs-count", "2", "--knobs-on"]), Knobs, prefix="knobs-")
+    values = param_values(given, Knobs, "knobs.")
+    assert values == {"knobs.count": 2, "knobs.on": "true"}
+    assert param_overrides(values, Knobs, "knobs.") == given
+    assert param_values({"on": False}, Knobs, "knobs.") == {"knobs.on": "false"}
 
 
 def test_checks_and_bad_declarations():

@@ -216,8 +216,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         frames = frames[: args.frames]
         gt = {i: g for i, g in gt.items() if i < len(frames)}
         source = f"{root}/{seq}"
-    params = {f"memory.{k}": v for k, v in _memory_overrides(args).items()}
-    params.update({f"routing.{k}": v for k, v in _routing_overrides(args).items()})
+    from .memory.config import MemoryConfig
+    from .memory.routing import RoutingConfig
+    from .ros.params import MEMORY_PREFIX, ROUTING_PREFIX
+    from .settings import param_values
+
+    params = param_values(_memory_overrides(args), MemoryConfig, MEMORY_PREFIX)
+    params.update(param_values(_routing_overrides(args), RoutingConfig, ROUTING_PREFIX))
     params["device"] = args.device
     if args.detector:
         return _demo_with_detector(args, frames, gt, out, preset, checkpoint, params, source)

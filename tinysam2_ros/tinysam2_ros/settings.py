@@ -112,6 +112,14 @@ def param_overrides(values: dict[str, Any], cls, prefix: str) -> dict[str, Any]:
     return out
 
 
+def param_values(overrides: dict[str, Any], cls, prefix: str) -> dict[str, Any]:
+    """ROS parameter values ``<prefix><field>`` of settings of ``cls`` (the inverse of
+    ``param_overrides``): a bool setting is a text parameter, ``"true"`` / ``"false"``."""
+    kinds = {f.name: kind for f, kind in settings_of(cls)}
+    return {prefix + k: (BOOL_TEXT[0] if v else BOOL_TEXT[1]) if kinds[k] is bool else v
+            for k, v in overrides.items()}
+
+
 def _dest(prefix: str, name: str) -> str:
     return prefix.replace("-", "_") + name
 
