@@ -20,6 +20,7 @@ import math
 import torch
 
 from ..modeling.rope import apply_rope
+from .routing import grid_tokens
 
 
 class RetrievalScorer:
@@ -63,8 +64,5 @@ def grid_subset(queries: tuple[torch.Tensor, ...], h: int, w: int, most: int) ->
     s = max(1, math.ceil(math.sqrt(h * w / most)))
     while math.ceil(h / s) * math.ceil(w / s) > most:
         s += 1
-    dev = queries[0].device
-    rows = torch.arange(min(s // 2, h - 1), h, s, device=dev)
-    cols = torch.arange(min(s // 2, w - 1), w, s, device=dev)
-    idx = (rows[:, None] * w + cols[None]).flatten()
+    idx = grid_tokens(h, w, s, queries[0].device)
     return tuple(x[:, idx] for x in queries)

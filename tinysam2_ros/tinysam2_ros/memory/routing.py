@@ -112,6 +112,11 @@ def grid_lines(n: int, stride: int, device=None) -> torch.Tensor:
     return torch.arange(min(stride // 2, n - 1), n, stride, device=device)
 
 
+def grid_tokens(h: int, w: int, stride: int, device=None) -> torch.Tensor:
+    """Raster indices of the tokens on every ``stride``-th row and column of an ``h x w`` grid."""
+    return (grid_lines(h, stride, device)[:, None] * w + grid_lines(w, stride, device)[None]).flatten()
+
+
 def interpolation_matrix(lines: torch.Tensor, n: int) -> torch.Tensor:
     """``n x len(lines)`` weights interpolating values given at ``lines`` linearly to all
     ``n`` positions (constant beyond the first and last line)."""
@@ -184,9 +189,10 @@ class Router:
     def route(self, objs, pix_feat: torch.Tensor, t: int) -> torch.Tensor | None:
         """``B x k`` sorted token indices routed per object at frame ``t`` (``None``: dense).
         A batch with a grid stride (coarse refresh or search) routes that grid too."""
-        stride = self.grid_stride(objs[0], t)
-        if stride == 1 or any(self.needs_dense(o, t) for o in objs):
+        strides = [self.grid_stride(o, t) for o in objs]
+        if 1 in strides:
             return None
+        stride = strides[0]
         c = self.config
         h, w = pix_feat.shape[-2:]
         n = h * w
@@ -205,8 +211,7 @@ class Router:
         k = min(self.budget(n), max(wanted, min(c.min_tokens, n)))
         priority = torch.stack(priority)
         if stride > 1:
-            rows, cols = self.grid(h, w, stride, pix_feat.device)
-            on_grid = (rows[:, None] * w + cols[None]).flatten()
+            on_grid = grid_tokens(h, w, stride, pix_feat.device)
             priority[:, on_grid] += 8.0  # a tier above the route
             k = min(n, k + on_grid.numel())
         if k >= n:

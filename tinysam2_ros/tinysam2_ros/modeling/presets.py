@@ -110,9 +110,9 @@ SAM21_MEMORY_TOKENS = 7 * 64 * 64  # spatial memory tokens SAM 2.1 feeds per obj
 # Its tracker also reads memory frames sparsely, writes memory every other frame and
 # routes at most a tenth of the image tokens per object through memory attention, and
 # every 2nd frame refreshes each object coarsely, the route plus a stride-3 token grid
-# (memory/retrieval.py, memory/quality.py, memory/routing.py); the values are the ones measured safe on the demo model
-# (docs/efficiency.md). The reference presets keep all of it off (SAM 2's exact
-# computation).
+# (memory/retrieval.py, memory/quality.py, memory/routing.py); the values are the ones
+# measured safe on the demo model (docs/efficiency.md). The reference presets keep all
+# of it off (SAM 2's exact computation).
 TINYSAM2_SPEED = {"retrieval_keep": 0.5, "write_every": 2}
 TINYSAM2_ROUTING = {"enabled": True, "max_fraction": 0.1, "dense_every": 2, "refresh_stride": 3}
 PRESETS["tinysam2"] = {
