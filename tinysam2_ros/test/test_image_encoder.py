@@ -194,3 +194,48 @@ def test_image_feature_normalisation_follows_the_preset(preset_name, normalized)
         assert torch.allclose(var, torch.ones_like(var), atol=0.02) is normalized  # eps 1e-5
     if not normalized:
         assert torch.equal(outputs[2], fpn[-1])
+
+
+@pytest.mark.parametrize("preset_name", ["tiny_norm", "tinysam2"])
+def test_folded_high_res_projections_compute_the_same_stage(preset_name):
+    """``fold_high_res`` (used by the export) turns the neck's lateral conv and the
+    decoder's ``conv_s0``/``conv_s1`` of each high-res level into one conv: same outputs
+    up to float rounding, and the stage no longer runs those lateral convs."""
+    from tinysam2_ros.modeling.build import build_model
+    from tinysam2_ros.modeling.presets import get_preset
+    from tinysam2_ros.modeling.stages import build_stages
+
+    preset = get_preset(preset_name)
+    preset["image_size"] = 256  # the rule does not depend on the size; keeps the test fast
+    torch.manual_seed(0)
+    model = build_model(preset).eval()
+    stage = build_stages(model)["image_encoder"]
+    images = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        expected = stage(images)
+        assert stage.fold_high_res()
+        n = len(model.image_encoder.neck.convs) - 1
+        calls = []
+        hooks = [model.image_encoder.neck.convs[n - i].register_forward_hook(lambda *a, i=i: calls.append(i))
+                 for i in range(n + 1)]
+        got = stage(images)
+        for h in hooks:
+            h.remove()
+    assert sorted(calls) == [2, 3]  # the two high-res lateral convs are folded away
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[2], expected[2])
+
+
+def test_fold_high_res_refuses_a_neck_with_top_down_high_res_levels():
+    """A high-res level that takes the top-down path needs its 256-channel map: no fold."""
+    from tinysam2_ros.modeling.build import build_model
+    from tinysam2_ros.modeling.presets import get_preset
+    from tinysam2_ros.modeling.stages import build_stages
+
+    preset = get_preset("tiny")
+    preset["neck"]["fpn_top_down_levels"] = [1, 2, 3]
+    stage = build_stages(build_model(preset))["image_encoder"]
+    assert not stage.fold_high_res()
+    assert stage.folded is None

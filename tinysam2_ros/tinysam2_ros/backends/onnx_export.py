@@ -312,6 +312,7 @@ def export_stages(
 
     clone = _inference_copy(model)
     stages = build_stages(clone)
+    stages["image_encoder"].fold_high_res()
     import onnx
 
     manifest = Manifest(

@@ -56,14 +56,20 @@ class FpnNeck(nn.Module):
         levels = range(n_levels) if fpn_top_down_levels is None else fpn_top_down_levels
         self.fpn_top_down_levels = [int(level) for level in levels]
 
-    def forward(self, xs: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """``xs`` high-res first -> (features, position encodings), both high-res first."""
+    def forward(
+        self, xs: Sequence[torch.Tensor], lowest_level: int = 0
+    ) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+        """``xs`` high-res first -> (features, position encodings), both high-res first.
+
+        Levels below ``lowest_level`` are not computed (their slots hold ``None``): a
+        caller that projects those levels itself skips their lateral convs.
+        """
         n = len(self.convs) - 1
         assert len(xs) == n + 1, f"expected {n + 1} trunk levels, got {len(xs)}"
-        out: list[torch.Tensor] = [xs[0]] * (n + 1)  # placeholders, all overwritten
-        pos: list[torch.Tensor] = [xs[0]] * (n + 1)
+        out: list[torch.Tensor | None] = [None] * (n + 1)
+        pos: list[torch.Tensor | None] = [None] * (n + 1)
         prev: torch.Tensor | None = None
-        for i in range(n, -1, -1):
+        for i in range(n, lowest_level - 1, -1):
             lateral = self.convs[n - i](xs[i])
             if i in self.fpn_top_down_levels and prev is not None:
                 top_down = F.interpolate(

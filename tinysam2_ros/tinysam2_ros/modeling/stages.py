@@ -37,6 +37,22 @@ from .rope import grid_coords
 STAGE_NAMES = ("image_encoder", "mask_decoder", "memory_attention", "memory_encoder")
 
 
+def compose_pointwise(first: nn.Conv2d, second: nn.Conv2d) -> nn.Conv2d:
+    """One 1x1 conv computing ``second(first(x))`` (both 1x1, stride 1, no padding):
+    ``W = W2 W1``, ``b = W2 b1 + b2``, composed in float64."""
+    for conv in (first, second):
+        if conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.padding != (0, 0) or conv.groups != 1:
+            raise ValueError(f"not a plain 1x1 conv: {conv}")
+    w1, w2 = first.weight.double()[:, :, 0, 0], second.weight.double()[:, :, 0, 0]
+    b1 = first.bias.double() if first.bias is not None else w1.new_zeros(w1.shape[0])
+    b2 = second.bias.double() if second.bias is not None else w2.new_zeros(w2.shape[0])
+    fused = nn.Conv2d(w1.shape[1], w2.shape[0], 1).to(first.weight.device)
+    with torch.no_grad():
+        fused.weight.copy_((w2 @ w1)[:, :, None, None])
+        fused.bias.copy_(w2 @ b1 + b2)
+    return fused
+
+
 class ImageEncoderStage(nn.Module):
     def __init__(self, model) -> None:
         super().__init__()
@@ -44,10 +60,40 @@ class ImageEncoderStage(nn.Module):
         self.conv_s0 = model.sam_mask_decoder.conv_s0
         self.conv_s1 = model.sam_mask_decoder.conv_s1
         self.normalize = model.normalize_image_features
+        self.folded: nn.ModuleList | None = None
+
+    def fold_high_res(self) -> bool:
+        """For export: fold the neck's lateral conv of each high-res level into the
+        decoder's projection of it (``conv_s0``/``conv_s1``), both 1x1, into one conv.
+
+        The neck widens the stride-4 and stride-8 trunk maps to 256 channels only for the
+        decoder to narrow them again to 32 and 64; at 1024 px that is a 256x256x256 map
+        written and read per frame, a sixth of the RepViT stage's time on a CPU
+        (docs/efficiency-backends.md). Same function up to float rounding (~1e-7). The
+        torch backend keeps the unfolded reference computation. Returns False and
+        changes nothing when those levels take a top-down path or are the last kept
+        level (then their 256-channel maps are needed).
+        """
+        neck, scalp = self.image_encoder.neck, self.image_encoder.scalp
+        n = len(neck.convs) - 1
+        if any(level in neck.fpn_top_down_levels for level in (0, 1)) or n - scalp < 2:
+            return False
+        try:
+            self.folded = nn.ModuleList([compose_pointwise(neck.convs[n].conv, self.conv_s0),
+                                         compose_pointwise(neck.convs[n - 1].conv, self.conv_s1)])
+        except ValueError:
+            return False
+        return True
 
     def forward(self, images: torch.Tensor):
-        fpn = self.image_encoder(images)["backbone_fpn"]
-        out = (self.conv_s0(fpn[0]), self.conv_s1(fpn[1]), fpn[-1])
+        if self.folded is None:
+            fpn = self.image_encoder(images)["backbone_fpn"]
+            out = (self.conv_s0(fpn[0]), self.conv_s1(fpn[1]), fpn[-1])
+        else:
+            encoder = self.image_encoder
+            xs = encoder.trunk(images)
+            fpn, _ = encoder.neck(xs, lowest_level=2)
+            out = (self.folded[0](xs[0]), self.folded[1](xs[1]), fpn[len(fpn) - 1 - encoder.scalp])
         if self.normalize:
             out = tuple(normalize_channels(x, eps=1e-5) for x in out)
         return out
