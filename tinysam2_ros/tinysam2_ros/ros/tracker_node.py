@@ -663,13 +663,18 @@ def main(args: list[str] | None = None) -> int:
 
     node: TrackerNode | None = None
     stop = threading.Event()
+    received: list[str] = []  # signals so far
 
     def on_signal(signum, _frame) -> None:
         name = signal.Signals(signum).name
-        if node is None:
-            raise _StartupInterrupted(name)
-        node.get_logger().info(f"{name}: shutting down")
+        received.append(name)
+        first = not stop.is_set()
         stop.set()
+        if node is None:
+            if first:  # a second one (Ctrl-C twice) must not interrupt the unwinding
+                raise _StartupInterrupted(name)
+            return
+        node.get_logger().info(f"{name}: shutting down")
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
@@ -680,6 +685,8 @@ def main(args: list[str] | None = None) -> int:
         rclpy.logging.get_logger("tracker_node").info(f"{exc}: interrupted during start-up, exiting")
         rclpy.try_shutdown()
         return 0
+    if stop.is_set():  # the start-up exception was swallowed on its way (a __del__, a callback)
+        node.get_logger().info(f"{received[0]}: interrupted during start-up, exiting")
     executor = rclpy.executors.MultiThreadedExecutor(num_threads=4)  # topics, services, diagnostics
     executor.add_node(node)
     try:
