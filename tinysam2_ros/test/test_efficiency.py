@@ -321,9 +321,21 @@ def test_frames_the_memory_drops_are_not_encoded_and_memory_stays_bounded(model)
 def test_write_every_strides_memory_writes_and_skips_their_encoding(model):
     tracker, _ = track(model, 9, {"write_every": 3, "num_slots": 6, "keep_recent": 6})
     obj = tracker.objects[1]
-    assert obj.bank == (1, 4, 7)  # frame 0 is prompted; then every third tracked frame
-    assert [f for f, e in obj.entries.items() if e.features is not None] == [1, 4, 7]
+    # frame 0 is prompted; the first write at the object's phase ((t + id) % 3 == 0), then every third frame
+    assert obj.bank == (2, 5, 8)
+    assert [f for f, e in obj.entries.items() if e.features is not None] == [2, 5, 8]
     every, _ = track(model, 9, {"num_slots": 6, "keep_recent": 6})
     assert every.objects[1].bank == (3, 4, 5, 6, 7, 8)
     with pytest.raises(ValueError, match="write_every"):
         MemoryConfig(write_every=0)
+
+
+def test_objects_tracked_together_write_memory_on_different_frames(model):
+    """With a write stride, objects prompted on the same frame take their phase from their
+    id: no frame runs every object's memory encoder (the slowest frame of several objects)."""
+    mem = {"write_every": 2, "num_slots": 6, "keep_recent": 6}
+    tracker, _ = track(model, 9, mem, objects=((1, BOX1), (2, BOX2)))
+    banks = {oid: tracker.objects[oid].bank for oid in (1, 2)}
+    assert banks == {1: (1, 3, 5, 7), 2: (2, 4, 6, 8)}
+    encoded = {oid: {f for f, e in tracker.objects[oid].entries.items() if e.features is not None} for oid in (1, 2)}
+    assert not encoded[1] & encoded[2]

@@ -160,7 +160,7 @@ class ObjectMemory:
             e.quality = float(quality_override)
         obj.entries[t] = e
         quality = {f: obj.entries[f].quality for f in (*obj.bank, t)}
-        obj.bank = next_bank(obj.bank, quality, t, self.config, self.model.num_maskmem - 1)
+        obj.bank = next_bank(obj.bank, quality, t, self.config, self.model.num_maskmem - 1, phase=obj.obj_id)
         obj.bank_at[t] = obj.bank
         return t in obj.bank
 
