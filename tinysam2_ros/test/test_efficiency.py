@@ -321,9 +321,9 @@ def test_frames_the_memory_drops_are_not_encoded_and_memory_stays_bounded(model)
 def test_write_every_strides_memory_writes_and_skips_their_encoding(model):
     tracker, _ = track(model, 9, {"write_every": 3, "num_slots": 6, "keep_recent": 6})
     obj = tracker.objects[1]
-    # frame 0 is prompted; the first write at the object's phase ((t + id) % 3 == 0), then every third frame
-    assert obj.bank == (2, 5, 8)
-    assert [f for f, e in obj.entries.items() if e.features is not None] == [2, 5, 8]
+    # frame 0 is prompted; the first write at the object's phase ((t + id + 1) % 3 == 0), then every third frame
+    assert obj.bank == (1, 4, 7)
+    assert [f for f, e in obj.entries.items() if e.features is not None] == [1, 4, 7]
     every, _ = track(model, 9, {"num_slots": 6, "keep_recent": 6})
     assert every.objects[1].bank == (3, 4, 5, 6, 7, 8)
     with pytest.raises(ValueError, match="write_every"):
@@ -336,6 +336,28 @@ def test_objects_tracked_together_write_memory_on_different_frames(model):
     mem = {"write_every": 2, "num_slots": 6, "keep_recent": 6}
     tracker, _ = track(model, 9, mem, objects=((1, BOX1), (2, BOX2)))
     banks = {oid: tracker.objects[oid].bank for oid in (1, 2)}
-    assert banks == {1: (1, 3, 5, 7), 2: (2, 4, 6, 8)}
+    assert banks == {1: (2, 4, 6, 8), 2: (1, 3, 5, 7)}
     encoded = {oid: {f for f, e in tracker.objects[oid].entries.items() if e.features is not None} for oid in (1, 2)}
     assert not encoded[1] & encoded[2]
+
+
+def test_an_object_writes_memory_between_its_routing_refreshes(model):
+    """With routing refreshing every 2nd frame and a write every 2nd frame, an object's
+    memory write falls on the frames between its refreshes, not on the same ones."""
+    mem = MemoryConfig(compression="tinysam2", pool_factor=2, token_budget=0, write_every=2, num_slots=6,
+                       keep_recent=6)
+    routing = RoutingConfig(enabled=True, dense_every=2, refresh_stride=3, max_fraction=0.1)
+    tracker = Tracker(model, TrackerConfig(memory=mem, routing=routing))
+    queries, writes = {}, set()
+    for t, f in enumerate(frames(9)):
+        if t == 0:
+            tracker.add_prompt(1, **BOX1)
+        tracker.step(f)
+        queries[t] = tracker.objects[1].query_tokens
+        entry = tracker.objects[1].entries.get(t)  # None on the prompted frame
+        if entry is not None and entry.features is not None:
+            writes.add(t)
+    routed = min(queries[t] for t in range(2, 9))
+    refreshes = {t for t in range(2, 9) if queries[t] > routed}  # route + stride-3 grid
+    assert refreshes and writes - {0, 1}
+    assert not refreshes & writes

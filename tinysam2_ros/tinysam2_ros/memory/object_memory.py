@@ -160,7 +160,9 @@ class ObjectMemory:
             e.quality = float(quality_override)
         obj.entries[t] = e
         quality = {f: obj.entries[f].quality for f in (*obj.bank, t)}
-        obj.bank = next_bank(obj.bank, quality, t, self.config, self.model.num_maskmem - 1, phase=obj.obj_id)
+        # phase: one frame after the object's routing refresh phase ((t + id) % dense_every == 0),
+        # so with equal periods an object's refresh and its memory write fall on different frames
+        obj.bank = next_bank(obj.bank, quality, t, self.config, self.model.num_maskmem - 1, phase=obj.obj_id + 1)
         obj.bank_at[t] = obj.bank
         return t in obj.bank
 

@@ -8,8 +8,9 @@ Rule (TinySAM 2 memory, ``compression="tinysam2"``):
   at least ``write_every`` frames after the newest memory slot (a write stride that
   saves the memory encoder on the frames in between). An object's first tracked write
   waits for a frame ``t`` with ``(t + phase) % write_every == 0`` (the phase is its
-  id), so objects prompted together write on different frames and no frame pays
-  every object's memory encoder at once.
+  id + 1: objects prompted together write on different frames, and an object writes
+  on other frames than those of its routing refresh), so no frame pays every object's
+  memory encoder at once.
   When the ``num_slots`` non-prompted slots are full, the ``keep_recent`` newest
   frames stay, and the remaining slots go to the frames with the highest
   q * 2 ** (-age / recency_half_life). Prompted frames are always kept (up to
