@@ -254,6 +254,26 @@ def test_an_absent_object_is_searched_with_its_own_grid(demo):
     assert router.needs_dense(o, 3) and router.route([o], tracker._frames[2].feats.pix_feat, 3) is None
 
 
+def test_an_absent_object_is_searched_every_search_every_frames_at_its_phase(demo):
+    """``search_every`` > 1: the search pass (dense here) comes on the frames where
+    ``(t + id) % search_every == 0``; between them the absent object sends its route alone
+    (its uncertain and high-context tokens), a routed frame's cost instead of a dense one."""
+    model, video, masks = demo
+    oid = sorted(masks)[0]
+    tracker = _routed_tracker(model, video, {oid: masks[oid]}, 3, search_every=3, max_fraction=0.1)
+    router = tracker.object_memory.router
+    o = tracker.objects[oid]
+    o.entry(2).object_score = -3.0  # as if occluded on frame 2
+    due = [t for t in range(3, 9) if (t + oid) % 3 == 0]
+    for t in range(3, 9):
+        o.entries.setdefault(t - 1, o.entry(2))  # absent on every frame before t
+        assert router.grid_stride(o, t) == (1 if t in due else 0), t
+    route = router.route([o], tracker._frames[2].feats.pix_feat, next(t for t in range(3, 9) if t not in due))
+    assert route is not None and route.shape[1] <= router.budget(model.feat_size ** 2)
+    router.config.search_every = 1  # live: every frame again
+    assert all(router.grid_stride(o, t) == 1 for t in range(3, 9))
+
+
 def test_the_refresh_residual_is_exact_on_the_grid_and_linear_between(model):
     h = w = 16
     router = Router(model, RoutingConfig(enabled=True))

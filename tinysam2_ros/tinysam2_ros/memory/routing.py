@@ -26,7 +26,8 @@ frame, or has never been dense.
 Every ``dense_every`` frames an object is refreshed (so drift is corrected and a part
 that left the route is found again), at a phase set by its id so that objects tracked
 together do not all refresh on the same frame; an object absent on the previous frame
-(occluded, lost) is searched for on every frame. With ``refresh_stride`` (or
+(occluded, lost) is searched for on every ``search_every``-th frame (every frame by
+default), again at a phase set by its id. With ``refresh_stride`` (or
 ``search_stride``) 1 these passes are dense. With a larger stride they are coarse: the
 route plus every stride-th row and column go through memory attention, and every other
 token takes the fill plus the memory residual (output - fill) of the grid tokens,
@@ -76,8 +77,12 @@ class RoutingConfig:
                 "attention and interpolate the rest (1: dense refresh)", "range": (1, 64), "choices": None,
         "live": True})
     search_stride: int = field(default=1, metadata={
-        "help": "the same for an object absent on the previous frame, searched for on every frame it stays "
-                "absent (1: dense search)", "range": (1, 64), "choices": None, "live": True})
+        "help": "the same for an object absent on the previous frame, searched for while it stays absent "
+                "(1: dense search)", "range": (1, 64), "choices": None, "live": True})
+    search_every: int = field(default=1, metadata={
+        "help": "an absent object is searched for every this many frames (phase set by its id), and sends "
+                "only its route on the frames between (1: every frame)", "range": (1, 10000), "choices": None,
+        "live": True})
     fill: str = field(default="previous", metadata={
         "help": "features of tokens not routed", "range": None, "choices": FILLS, "live": True})
 
@@ -144,7 +149,8 @@ class Router:
         """The token grid ``obj`` sends through memory attention at frame ``t`` besides its
         route: 1 (every token: dense) with routing off or without a usable previous output
         (none, prompted on ``t - 1``, never dense yet); ``search_stride`` when it was absent
-        on ``t - 1``; ``refresh_stride`` on its periodic refresh, every ``dense_every``
+        on ``t - 1`` (every ``search_every`` frames; the route alone between); ``refresh_stride``
+        on its periodic refresh, every ``dense_every``
         frames at a phase set by the object's id so that objects tracked together refresh
         on different frames (a frame pays for about B / dense_every refreshes, not B);
         else 0 (the route alone). ``ObjectMemory.groups`` batches strides apart."""
@@ -155,7 +161,7 @@ class Router:
         if prev is None or prev.low_res_logits is None or (t - 1) in obj.cond or obj.last_dense < 0:
             return 1
         if prev.object_score <= 0:
-            return c.search_stride
+            return c.search_stride if (t + obj.obj_id) % c.search_every == 0 else 0
         if (t + obj.obj_id) % c.dense_every == 0:
             return c.refresh_stride
         return 0
