@@ -341,7 +341,7 @@ def test_frames_the_memory_drops_are_not_encoded_and_memory_stays_bounded(model)
 def test_write_every_strides_memory_writes_and_skips_their_encoding(model):
     tracker, _ = track(model, 9, {"write_every": 3, "num_slots": 6, "keep_recent": 6})
     obj = tracker.objects[1]
-    # frame 0 is prompted; the first write at the object's phase ((t + id + 1) % 3 == 0), then every third frame
+    # frame 0 is prompted; the first tracked frame is written, then those with (t + id + 1) % 3 == 0
     assert obj.bank == (1, 4, 7)
     assert [f for f, e in obj.entries.items() if e.features is not None] == [1, 4, 7]
     every, _ = track(model, 9, {"num_slots": 6, "keep_recent": 6})
@@ -351,14 +351,15 @@ def test_write_every_strides_memory_writes_and_skips_their_encoding(model):
 
 
 def test_objects_tracked_together_write_memory_on_different_frames(model):
-    """With a write stride, objects prompted on the same frame take their phase from their
-    id: no frame runs every object's memory encoder (the slowest frame of several objects)."""
+    """With a write stride, objects prompted on the same frame write their first tracked
+    frame, then take their phase from their id: after that no frame runs every object's
+    memory encoder (the slowest frame of several objects)."""
     mem = {"write_every": 2, "num_slots": 6, "keep_recent": 6}
     tracker, _ = track(model, 9, mem, objects=((1, BOX1), (2, BOX2)))
     banks = {oid: tracker.objects[oid].bank for oid in (1, 2)}
-    assert banks == {1: (2, 4, 6, 8), 2: (1, 3, 5, 7)}
+    assert banks == {1: (1, 2, 4, 6, 8), 2: (1, 3, 5, 7)}
     encoded = {oid: {f for f, e in tracker.objects[oid].entries.items() if e.features is not None} for oid in (1, 2)}
-    assert not encoded[1] & encoded[2]
+    assert encoded[1] & encoded[2] == {1}
 
 
 def test_an_object_writes_memory_between_its_routing_refreshes(model):

@@ -45,9 +45,9 @@ class MemoryConfig:
         "help": "newest qualifying frames kept regardless of quality ranking (at most num_slots)",
         "range": (0, 64), "choices": None, "live": True})
     write_every: int = field(default=1, metadata={
-        "help": "a tracked frame becomes a memory candidate only this many frames after the newest memory frame "
-                "(1 = every frame; 2 halves the memory-encoder work; each object's first write waits for its phase, "
-                "(frame + id + 1) % write_every == 0, so objects write on different frames); 'tinysam2' memory only",
+        "help": "after an object's first tracked write, a tracked frame is a memory candidate only every this many "
+                "frames, where (frame + id + 1) % write_every == 0, so objects write on different frames "
+                "(1 = every frame; 2 halves the memory-encoder work); 'tinysam2' memory only",
         "range": (1, 1000), "choices": None, "live": True})
     pool_logit_bias: bool = field(default=False, metadata={
         "help": "pooled memory tokens carry a log(pool_factor^2) attention-logit bias, applied exactly by "

@@ -4,13 +4,12 @@ Rule (TinySAM 2 memory, ``compression="tinysam2"``):
   quality q = sigmoid(object score) * predicted IoU * agreement,
   agreement = IoU of this frame's mask with the previous frame's (1 when both are
   empty), so a frame whose mask jumps is trusted less.
-  A tracked frame is written to memory only if q >= ``write_threshold`` and it comes
-  at least ``write_every`` frames after the newest memory slot (a write stride that
-  saves the memory encoder on the frames in between). An object's first tracked write
-  waits for a frame ``t`` with ``(t + phase) % write_every == 0`` (the phase is its
-  id + 1: objects prompted together write on different frames, and an object writes
-  on other frames than those of its routing refresh), so no frame pays every object's
-  memory encoder at once.
+  A tracked frame is written to memory only if q >= ``write_threshold`` and, with a
+  write stride ``write_every`` (which saves the memory encoder on the frames in
+  between), it is the object's first tracked write or a frame ``t`` with
+  ``(t + phase) % write_every == 0``. The phase is the object's id + 1: objects tracked
+  together write on different frames, and an object writes on other frames than those
+  of its routing refresh, so no frame pays every object's memory encoder at once.
   When the ``num_slots`` non-prompted slots are full, the ``keep_recent`` newest
   frames stay, and the remaining slots go to the frames with the highest
   q * 2 ** (-age / recency_half_life). Prompted frames are always kept (up to
@@ -71,14 +70,14 @@ def next_bank(bank: tuple[int, ...], quality: Mapping[int, float], t: int, memor
     """The tracked frames holding a memory slot once frame ``t`` is decoded (``quality``:
     frame -> quality, for the bank's frames and ``t``). SAM 2's memory (``compression
     "off"``) keeps the frames of the last ``window``; TinySAM 2's gates ``t`` by the write
-    threshold and the write stride (``write_every`` frames after the newest slot, the
-    first write at the object's ``phase``) and ranks the slots (``select_slots``). Shared
+    threshold and the write stride (after the first write, frames with ``(t + phase) %
+    write_every == 0``) and ranks the slots (``select_slots``). Shared
     by the streaming tracker and the training unroll, so training sees the memory
     inference keeps."""
     if not memory.compressed:
         return tuple(f for f in (*bank, t) if f > t - window)
     candidates = {f: quality[f] for f in bank}
-    due = t - max(bank) >= memory.write_every if bank else (t + phase) % memory.write_every == 0
+    due = not bank or (t + phase) % memory.write_every == 0
     if due and quality[t] >= memory.write_threshold:
         candidates[t] = quality[t]
     return tuple(select_slots(candidates, t, memory.num_slots, memory.keep_recent, memory.recency_half_life))
