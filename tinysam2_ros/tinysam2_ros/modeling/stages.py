@@ -68,8 +68,8 @@ class ImageEncoderStage(nn.Module):
 
         The neck widens the stride-4 and stride-8 trunk maps to 256 channels only for the
         decoder to narrow them again to 32 and 64; at 1024 px that is a 256x256x256 map
-        written and read per frame, a sixth of the RepViT stage's time on a CPU
-        (docs/efficiency-backends.md). Same function up to float rounding (~1e-7). The
+        written and read per frame (7-11 % of the stage's time on a 2-core CPU,
+        docs/efficiency-backends.md). Same function up to float rounding (~1e-7). The
         torch backend keeps the unfolded reference computation. Returns False and
         changes nothing when those levels take a top-down path or are the last kept
         level (then their 256-channel maps are needed).
