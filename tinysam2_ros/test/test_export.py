@@ -33,6 +33,7 @@ from tinysam2_ros.backends.opcheck import (  # noqa: E402
 )
 from tinysam2_ros.memory.config import MemoryConfig  # noqa: E402
 from tinysam2_ros.modeling.build import build_model  # noqa: E402
+from tinysam2_ros.modeling.common import LayerNorm2d, use_channels_last_norms  # noqa: E402
 from tinysam2_ros.modeling.stages import STAGE_NAMES, build_stages  # noqa: E402
 
 TOL = {"masks": 2e-4}  # everything else 1e-4
@@ -155,6 +156,7 @@ def test_export_leaves_model_untouched(tmp_path):
     export_stages(model, tmp_path, "tiny")
     assert model.training and all(m.training for m in model.modules())  # mode restored / never changed
     assert list(model.state_dict()) == keys  # RepViT trunk not fused in place
+    assert not any(getattr(m, "channels_last", False) for m in model.modules())  # norms: SAM 2's form
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
 
@@ -234,6 +236,27 @@ def test_edgetam_export_with_fixture_weights(edgetam_export):
     check_export(out)
     for name in STAGE_NAMES:
         assert complex_tensors(out / f"{name}.onnx") == []
+    # the 64- and 256-channel LayerNorm2d of the mask downsampler and the fuser's two are one
+    # LayerNormalization node each; only the 4- and 16-channel ones keep their two reductions
+    nodes = [n.op_type for n in onnx.load(str(out / "memory_encoder.onnx")).graph.node
+             if "/memory_encoder/" in n.name]  # not the spatial perceiver's
+    assert nodes.count("LayerNormalization") == 4 and nodes.count("ReduceMean") == 4
+
+
+def test_channels_last_layer_norm_matches_sam2_form():
+    torch.manual_seed(0)
+    ln = LayerNorm2d(64)
+    with torch.no_grad():
+        ln.weight.normal_()
+        ln.bias.normal_()
+    x = torch.randn(2, 64, 9, 7) * 3 + 1
+    ref = ln(x)
+    narrow = LayerNorm2d(16)
+    assert use_channels_last_norms(torch.nn.Sequential(ln, narrow)) == 1 and ln.channels_last
+    assert not narrow.channels_last  # below 32 channels the transposes cost more than they save
+    out = ln(x)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=0, atol=2e-6)
 
 
 @pytest.mark.slow  # 30-160 s on a 2-core CPU (--durations)

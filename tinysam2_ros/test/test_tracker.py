@@ -21,6 +21,21 @@ def model():
     return m
 
 
+def test_preprocess_rgb_is_sam2_normalisation_bit_for_bit():
+    from PIL import Image
+
+    from tinysam2_ros.tracking.preprocess import IMAGENET_MEAN, IMAGENET_STD, preprocess_rgb
+
+    image = np.random.default_rng(3).integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    resized = np.asarray(Image.fromarray(image).resize((32, 32), Image.BICUBIC), dtype=np.float32)
+    want = ((resized / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None]
+    got = preprocess_rgb(image, 32)
+    assert got.dtype == torch.float32 and got.shape == (1, 3, 32, 32)
+    assert torch.equal(got, torch.from_numpy(np.ascontiguousarray(want)))
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess_rgb(image.astype(np.float32), 32)
+
+
 def frames(n: int, seed: int = 0, hw=(96, 128)) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     base = rng.integers(0, 255, size=(*hw, 3), dtype=np.uint8)

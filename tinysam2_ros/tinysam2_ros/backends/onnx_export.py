@@ -24,6 +24,7 @@ import torch
 
 from . import BackendError
 from ..memory.config import MemoryConfig
+from ..modeling.common import use_channels_last_norms
 from ..modeling.rope import grid_coords
 from ..modeling.stages import STAGE_NAMES, build_stages
 from .manifest import STAGE_INPUTS, STAGE_OUTPUTS, Manifest, sha256_file
@@ -171,7 +172,8 @@ def _tensor_specs(names: list[str], tensors, axes: dict[str, dict[int, str]]) ->
 
 
 def _inference_copy(model):
-    """A deep copy of ``model`` for export: eval mode, no backend, RepViT trunk fused."""
+    """A deep copy of ``model`` for export: eval mode, no backend, RepViT trunk fused,
+    wide channel LayerNorms in their channels-last form (``use_channels_last_norms``)."""
     memo = {}
     if getattr(model, "_backend", None) is not None:
         memo[id(model._backend)] = None
@@ -185,6 +187,7 @@ def _inference_copy(model):
     trunk = getattr(getattr(clone, "image_encoder", None), "trunk", None)
     if trunk is not None and hasattr(trunk, "fuse"):
         trunk.fuse()
+    use_channels_last_norms(clone)
     for p in clone.parameters():
         p.requires_grad_(False)
     return clone.float().cpu().eval()  # exported on CPU whatever the caller's device

@@ -39,14 +39,41 @@ def normalize_channels(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of an NCHW tensor."""
+    """LayerNorm over the channel axis of an NCHW tensor.
+
+    ``channels_last`` (off: SAM 2's own arithmetic, which fidelity checks) computes the
+    same normalisation as ``F.layer_norm`` over an NHWC view instead: an export then holds
+    one ``LayerNormalization`` node, not reductions over the strided channel axis, which
+    onnxruntime runs about 4x slower once there are 64 channels or more
+    (:func:`use_channels_last_norms`).
+    """
 
     def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(num_channels))
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.eps = eps
+        self.channels_last = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            y = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
+            return y.permute(0, 3, 1, 2)
         x = normalize_channels(x, self.eps)
         return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+def use_channels_last_norms(module: nn.Module, min_channels: int = 32) -> int:
+    """Switch every :class:`LayerNorm2d` of ``module`` with at least ``min_channels``
+    channels to its channels-last form (for an export); returns how many were switched.
+
+    Measured in onnxruntime on 2 cores (one NCHW map of about a million values): the
+    channels-last form takes 1.1-1.5 ms where SAM 2's form takes 4.7-6.2 ms at 64 and 256
+    channels, but 7.8 ms against 1.6 ms at 4 channels, where the transposes dominate.
+    """
+    switched = 0
+    for m in module.modules():
+        if isinstance(m, LayerNorm2d) and m.weight.numel() >= min_channels:
+            m.channels_last = True
+            switched += 1
+    return switched

@@ -111,8 +111,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     if cos.dim() == 3:  # (B, N, D/2): insert the heads axis
         cos = cos.unsqueeze(1)
         sin = sin.unsqueeze(1)
-    pairs = x.float().unflatten(-1, (-1, 2))
-    a = pairs[..., 0]
-    b = pairs[..., 1]
+    a, b = x.float().unflatten(-1, (-1, 2)).unbind(-1)
     out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
     return out.to(x.dtype)

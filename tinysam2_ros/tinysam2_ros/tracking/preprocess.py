@@ -12,6 +12,9 @@ from PIL import Image
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+# (3, 256): channel c of a uint8 value v normalised by the very float32 operations below,
+# so a table lookup gives the same bits as normalising the image, in a third of the time.
+_NORMALISED = ((np.arange(256, dtype=np.float32)[None] / 255.0 - IMAGENET_MEAN[:, None]) / IMAGENET_STD[:, None])
 
 
 def preprocess_rgb(image: np.ndarray, size: int) -> torch.Tensor:
@@ -20,9 +23,11 @@ def preprocess_rgb(image: np.ndarray, size: int) -> torch.Tensor:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got shape {image.shape} dtype {image.dtype}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError("empty image")
-    resized = Image.fromarray(image).resize((size, size), Image.BICUBIC)
-    arr = (np.asarray(resized, dtype=np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy()).unsqueeze(0)
+    resized = np.asarray(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+    out = np.empty((1, 3, size, size), dtype=np.float32)
+    for c in range(3):
+        np.take(_NORMALISED[c], resized[..., c], out=out[0, c])
+    return torch.from_numpy(out)
 
 
 def scale_points(points_xy: np.ndarray, frame_hw: tuple[int, int], size: int) -> np.ndarray:
